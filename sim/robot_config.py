@@ -1,0 +1,256 @@
+"""Robots as data: the typed, validated schema of `configs/robots/*.yaml`.
+
+A robot config names its joints in order (with units and limits), its actuation, control
+rate, serial settings, home pose, reset randomisation and the MuJoCo model of each fidelity.
+It lives in `sim` because every layer reads it (sim builds the fidelities from it, hardware
+talks to the device it describes, mfpg_robot trains on it) and `sim` depends on nothing of ours.
+
+Loading fails early and precisely: an unknown key, a wrong type, a missing field or an
+out-of-range value raises `ConfigError` naming the file, the key path and what is expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ROBOTS_DIR = REPO_ROOT / "configs" / "robots"
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+FIDELITIES = ("twin", "reduced", "reduced_gap")
+Fidelity = Literal["twin", "reduced", "reduced_gap"]
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names file, key path and the fix."""
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, values are not coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Limits(StrictModel):
+    """A closed interval [lower, upper] in the joint's unit."""
+
+    lower: float
+    upper: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Limits:
+        if not self.lower < self.upper:
+            raise ValueError(f"lower ({self.lower}) must be < upper ({self.upper})")
+        return self
+
+
+class JointConfig(StrictModel):
+    """One joint, in the order the device reports it.
+
+    `soft_limits`: no command may drive the joint past them (host safety clamps to them).
+    `hard_limits`: a measured position outside them latches a safe stop. `None` for a
+    continuous joint (e.g. a free pendulum).
+    """
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    unit: Literal["rad", "m"]
+    actuated: bool
+    soft_limits: Limits | None = None
+    hard_limits: Limits | None = None
+    velocity_limit: float = Field(gt=0, description="max |velocity| (unit/s) before a safe stop")
+    encoder_counts_per_rev: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _soft_inside_hard(self) -> JointConfig:
+        if (self.soft_limits is None) != (self.hard_limits is None):
+            raise ValueError("give both soft_limits and hard_limits, or neither (continuous)")
+        if self.soft_limits and self.hard_limits:
+            s, h = self.soft_limits, self.hard_limits
+            if s.lower < h.lower or s.upper > h.upper:
+                raise ValueError("soft_limits must lie inside hard_limits")
+        return self
+
+
+class ActuationConfig(StrictModel):
+    """How the device is commanded.
+
+    `type`: voltage (V per actuated joint), torque (N m) or position (servo targets in the
+    joint unit). `command_limit`: max |command| for voltage/torque (for position, the joint
+    soft limits apply). `max_command_change`: rate limit, max change of a command per
+    control step.
+    """
+
+    type: Literal["voltage", "torque", "position"]
+    command_limit: float | None = Field(default=None, gt=0)
+    max_command_change: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _limit_for_effort(self) -> ActuationConfig:
+        if self.type in ("voltage", "torque") and self.command_limit is None:
+            raise ValueError(f"actuation type '{self.type}' needs command_limit")
+        return self
+
+
+class SerialConfig(StrictModel):
+    """Serial link settings; `port` may be a device path, a pty path or a pyserial URL."""
+
+    port: str = "/dev/ttyUSB0"
+    baudrate: int = Field(gt=0)
+    timeout_s: float = Field(gt=0, le=5.0, description="reply timeout per request")
+    retries: int = Field(ge=0, le=10, description="re-sends after a timeout or bad frame")
+    watchdog_ms: int = Field(gt=0, le=10_000, description="device torque-off timeout")
+
+
+class DeviceConfig(StrictModel):
+    """What the device must report in its handshake."""
+
+    model_id: int = Field(ge=0, le=65535)
+    protocol_version: int = Field(ge=1)
+    has_current: bool
+    has_temperature: bool
+
+
+class SafetyConfig(StrictModel):
+    """Host-side safety thresholds."""
+
+    stop_mode: Literal["torque_off", "hold"]
+    max_temperature_c: float = Field(gt=0, le=150)
+    max_current_a: float | None = Field(default=None, gt=0)
+    stale_state_s: float = Field(gt=0, description="state older than this latches a stop")
+    deadline_tolerance: int = Field(ge=0, description="consecutive missed deadlines tolerated")
+
+
+class WorkspaceConfig(StrictModel):
+    """Axis-aligned bounds (world frame, metres) for a named MuJoCo site, e.g. the tool tip."""
+
+    site: str
+    lower: tuple[float, float, float]
+    upper: tuple[float, float, float]
+
+
+class ResetConfig(StrictModel):
+    """Home pose and per-joint uniform randomisation applied after homing (offsets)."""
+
+    home: dict[str, float]
+    position_noise: dict[str, float]
+    velocity_noise: dict[str, float]
+    homing_speed: float = Field(gt=0, description="max speed of the move to home (unit/s)")
+    settle_s: float = Field(ge=0)
+
+
+class RobotConfig(StrictModel):
+    """A whole robot: data, not code."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str
+    control_rate_hz: float = Field(gt=0, le=2000)
+    joints: list[JointConfig] = Field(min_length=1)
+    actuation: ActuationConfig
+    serial: SerialConfig
+    device: DeviceConfig
+    safety: SafetyConfig
+    reset: ResetConfig
+    workspace: WorkspaceConfig | None = None
+    models: dict[Fidelity, str]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RobotConfig:
+        names = [j.name for j in self.joints]
+        if len(set(names)) != len(names):
+            raise ValueError(f"joint names must be unique, got {names}")
+        for section in ("home", "position_noise", "velocity_noise"):
+            given = getattr(self.reset, section)
+            unknown = sorted(set(given) - set(names))
+            if unknown:
+                raise ValueError(f"reset.{section} names unknown joints {unknown}; joints: {names}")
+        missing = [f for f in FIDELITIES if f not in self.models]
+        if missing:
+            raise ValueError(f"models must name a MuJoCo file for every fidelity; missing {missing}")
+        for fidelity, file in self.models.items():
+            if not (MODELS_DIR / file).is_file():
+                raise ValueError(f"models.{fidelity}: file '{file}' not found in {MODELS_DIR}")
+        if not any(j.actuated for j in self.joints):
+            raise ValueError("at least one joint must be actuated")
+        return self
+
+    @property
+    def joint_names(self) -> tuple[str, ...]:
+        return tuple(j.name for j in self.joints)
+
+    @property
+    def actuated_joints(self) -> tuple[str, ...]:
+        return tuple(j.name for j in self.joints if j.actuated)
+
+    @property
+    def control_dt(self) -> float:
+        return 1.0 / self.control_rate_hz
+
+    def joint(self, name: str) -> JointConfig:
+        for j in self.joints:
+            if j.name == name:
+                return j
+        raise KeyError(f"robot '{self.name}' has no joint '{name}'; joints: {self.joint_names}")
+
+    def model_path(self, fidelity: str) -> Path:
+        if fidelity not in FIDELITIES:
+            raise ValueError(f"unknown fidelity '{fidelity}'; choose one of {FIDELITIES}")
+        return MODELS_DIR / self.models[fidelity]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem: `source: key.path: what is wrong (expected ...)`."""
+    lines = [f"{source}: {err.error_count()} problem(s) in config"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (remove it or check its spelling)"
+        elif e["type"] == "missing":
+            msg = "missing required key"
+        got = e.get("input")
+        got_s = "" if e["type"] in ("missing", "extra_forbidden") else f" (got {got!r})"
+        lines.append(f"  {path}: {msg}{got_s}")
+    return "\n".join(lines)
+
+
+def validate_mapping(data: Any, model: type[M], source: str) -> M:
+    """Validate a parsed YAML mapping against `model`, raising `ConfigError` on any problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of keys, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file, turning I/O and syntax errors into `ConfigError`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+
+
+def load_robot_config(path_or_name: str | Path) -> RobotConfig:
+    """Load `configs/robots/NAME.yaml` by name ("furuta") or by path."""
+    path = Path(path_or_name)
+    if path.suffix not in (".yaml", ".yml") and not path.exists():
+        path = ROBOTS_DIR / f"{path_or_name}.yaml"
+        if not path.exists():
+            known = sorted(p.stem for p in ROBOTS_DIR.glob("*.yaml"))
+            raise ConfigError(f"unknown robot '{path_or_name}'; known robots: {known}")
+    return validate_mapping(read_yaml(path), RobotConfig, str(path))

@@ -1,0 +1,42 @@
+"""The task interface: vectorised functions of measured joint state.
+
+Every function takes arrays with a leading batch dimension: joint positions `q` and
+velocities `v` of shape (B, n_joints) in the robot config's joint order, normalised actions
+of shape (B, act_dim), and task variables as a dict of (B, k) arrays. The same code scores a
+simulated step, a batch of LF steps, and a step measured on the robot.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+TaskState = dict[str, np.ndarray]
+
+
+class Task(ABC):
+    """A task defined on a robot's joints."""
+
+    #: Gymnasium id suffix, e.g. "FurutaSwingup".
+    name: str
+    #: The robot config (configs/robots/<robot>.yaml) this task runs on.
+    robot: str
+    obs_dim: int
+    max_episode_steps: int
+
+    def sample_task_state(self, rng: np.random.Generator) -> TaskState:
+        """Task variables drawn at reset (e.g. a reach target), unbatched (k,) arrays."""
+        return {}
+
+    @abstractmethod
+    def observe(self, q: np.ndarray, v: np.ndarray, task: TaskState) -> np.ndarray:
+        """(B, obs_dim) float32 observations."""
+
+    @abstractmethod
+    def reward(self, q: np.ndarray, v: np.ndarray, action: np.ndarray, task: TaskState) -> np.ndarray:
+        """(B,) float64 rewards for arriving in (q, v) after applying `action`."""
+
+    def terminated(self, q: np.ndarray, v: np.ndarray, task: TaskState) -> np.ndarray:
+        """(B,) bool: the episode ends for a reason of the task (not a time limit)."""
+        return np.zeros(q.shape[0], dtype=bool)
