@@ -1,0 +1,112 @@
+"""Gaussian MLP actor, critic, and running observation normalisation saved with the policy.
+
+The actor samples `a = mu(s) + sigma * eps` with `eps ~ N(0, I)` and a state-independent
+log-std (CleanRL / SB3 style). The noise `eps` is explicit so that multi-fidelity pairing can
+replay the exact noise of a high-fidelity step on its low-fidelity partner. Actions are not
+squashed: the env clips to its action space, and the log-prob is that of the unclipped action.
+Observation normalisation statistics are buffers of the module, so `state_dict()` (and
+therefore checkpoints and export) always carries them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Linear:
+    """Orthogonal weight init with a constant bias (CleanRL's `layer_init`)."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+def mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...], out_std: float) -> nn.Sequential:
+    """Tanh MLP with orthogonal init; the last layer uses `out_std`."""
+    layers: list[nn.Module] = []
+    d = in_dim
+    for h in hidden:
+        layers += [layer_init(nn.Linear(d, h)), nn.Tanh()]
+        d = h
+    layers.append(layer_init(nn.Linear(d, out_dim), std=out_std))
+    return nn.Sequential(*layers)
+
+
+class RunningObsNorm(nn.Module):
+    """Running mean/variance of observations (parallel Welford), clipped normalisation.
+
+    `update()` is called by the trainer on HF observations only; LF observations are normalised
+    with the same statistics, so both fidelities see one input scaling.
+    """
+
+    def __init__(self, dim: int, clip: float = 10.0, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.clip = clip
+        self.eps = eps
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(eps, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, obs: np.ndarray | torch.Tensor) -> None:
+        x = torch.as_tensor(obs, dtype=torch.float64).reshape(-1, self.mean.shape[0])
+        batch_mean, batch_var, n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        delta = batch_mean - self.mean
+        total = self.count + n
+        self.mean += delta * n / total
+        m2 = self.var * self.count + batch_var * n + delta.pow(2) * self.count * n / total
+        self.var.copy_(m2 / total)
+        self.count.copy_(total)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        z = (obs.to(torch.float64) - self.mean) / torch.sqrt(self.var + self.eps)
+        return z.clamp(-self.clip, self.clip).to(torch.float32)
+
+
+class GaussianPolicy(nn.Module):
+    """Actor: normalised obs -> mean action; state-independent log-std."""
+
+    def __init__(
+        self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (64, 64), log_std_init: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.obs_norm = RunningObsNorm(obs_dim)
+        self.mu = mlp(obs_dim, act_dim, hidden, out_std=0.01)
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(log_std_init)))
+
+    def mean(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic action mu(s) for raw (unnormalised) observations."""
+        return self.mu(self.obs_norm(obs))
+
+    def std(self) -> torch.Tensor:
+        return self.log_std.exp()
+
+    def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Sum over action dims of log N(action; mu(obs), sigma^2)."""
+        dist = torch.distributions.Normal(self.mean(obs), self.std())
+        return dist.log_prob(action).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum()
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, eps: np.ndarray) -> np.ndarray:
+        """a = mu(obs) + sigma * eps for a batch of raw observations (numpy in, numpy out)."""
+        mu = self.mean(torch.as_tensor(obs, dtype=torch.float32))
+        return (mu + self.std() * torch.as_tensor(eps, dtype=torch.float32)).numpy()
+
+
+class Critic(nn.Module):
+    """State-value function on normalised observations (normaliser shared with the actor)."""
+
+    def __init__(self, obs_norm: RunningObsNorm, obs_dim: int, hidden: tuple[int, ...] = (64, 64)):
+        super().__init__()
+        self.obs_norm = obs_norm
+        self.v = mlp(obs_dim, 1, hidden, out_std=1.0)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.v(self.obs_norm(obs)).squeeze(-1)
