@@ -128,8 +128,14 @@ class WorkspaceConfig(StrictModel):
     """Axis-aligned bounds (world frame, metres) for a named MuJoCo site, e.g. the tool tip."""
 
     site: str
-    lower: tuple[float, float, float]
-    upper: tuple[float, float, float]
+    lower: list[float] = Field(min_length=3, max_length=3)
+    upper: list[float] = Field(min_length=3, max_length=3)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> WorkspaceConfig:
+        if not all(lo < hi for lo, hi in zip(self.lower, self.upper)):
+            raise ValueError(f"lower {self.lower} must be < upper {self.upper} on every axis")
+        return self
 
 
 class ResetConfig(StrictModel):
@@ -214,8 +220,11 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             msg = "unknown key (remove it or check its spelling)"
         elif e["type"] == "missing":
             msg = "missing required key"
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         got = e.get("input")
-        got_s = "" if e["type"] in ("missing", "extra_forbidden") else f" (got {got!r})"
+        quiet = e["type"] in ("missing", "extra_forbidden") or isinstance(got, (dict, list))
+        got_s = "" if quiet else f" (got {got!r})"
         lines.append(f"  {path}: {msg}{got_s}")
     return "\n".join(lines)
 
