@@ -44,6 +44,7 @@ class DeviceInfo:
     model_id: int
     model_name: str
     joint_count: int
+    actuator_count: int
     firmware_version: str
 
 

@@ -102,7 +102,7 @@ class SerialConfig(StrictModel):
     baudrate: int = Field(gt=0)
     timeout_s: float = Field(gt=0, le=5.0, description="reply timeout per request")
     retries: int = Field(ge=0, le=10, description="re-sends after a timeout or bad frame")
-    watchdog_ms: int = Field(gt=0, le=10_000, description="device torque-off timeout")
+    watchdog_ms: int = Field(ge=10, le=10_000, description="device torque-off timeout")
 
 
 class DeviceConfig(StrictModel):
