@@ -1,0 +1,102 @@
+"""Furuta pendulum swing-up and balance, on measured joint state only.
+
+Joints (configs/robots/furuta.yaml order): `arm` (theta, 0 = centred) and `pendulum`
+(alpha, 0 = hanging down, +-pi = upright). One action: the normalised arm voltage a in [-1, 1].
+
+Observation (6,), float32:
+    [sin theta, cos theta, sin alpha, cos alpha, theta_dot / 10, alpha_dot / 10]
+Velocities are divided by `VELOCITY_SCALE` = 10 rad/s so that a swing-up (pendulum up to
+~20 rad/s, arm a few rad/s) gives O(1) values.
+
+Reward per step, in [0, 1]:
+    r = 0.2 + 0.8 * up - 0.1 * x^2 - 0.05 * w - 0.05 * a^2
+    up = (1 - cos alpha) / 2                          1 upright, 0 hanging
+    x  = clip(theta / theta_max, -1, 1)               theta_max: arm hard limit on that side
+    w  = (clip(theta_dot / vmax_arm, -1, 1)^2 + clip(alpha_dot / vmax_pend, -1, 1)^2) / 2
+    a  = clip(action, -1, 1)
+vmax_* are the joints' velocity limits. The maximum 1 is reached only upright, arm centred,
+at rest, with zero voltage. The constant 0.2 offsets the penalties so that every step is worth
+>= 0: ending an episode early never pays, so termination needs no extra penalty.
+
+Termination: the arm outside its hard limits (the safety layer's latched-stop condition).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.robot_config import RobotConfig, load_robot_config
+from sim.tasks.base import Task, TaskState
+
+VELOCITY_SCALE = 10.0
+UPRIGHT_WEIGHT = 0.8
+ARM_WEIGHT = 0.1
+VELOCITY_WEIGHT = 0.05
+ACTION_WEIGHT = 0.05
+REWARD_OFFSET = ARM_WEIGHT + VELOCITY_WEIGHT + ACTION_WEIGHT
+ARM, PENDULUM = 0, 1
+
+
+class FurutaSwingup(Task):
+    """Swing the pendulum up from hanging and balance it with the arm centred."""
+
+    name = "FurutaSwingup"
+    robot = "furuta"
+    obs_dim = 6
+    max_episode_steps = 1000  # 4 s at 250 Hz; must match sim/__init__.py
+
+    def __init__(self, robot_config: RobotConfig | None = None) -> None:
+        cfg = robot_config if robot_config is not None else load_robot_config(self.robot)
+        if cfg.joint_names != ("arm", "pendulum"):
+            raise ValueError(
+                f"FurutaSwingup needs joints ('arm', 'pendulum') in that order; robot "
+                f"'{cfg.name}' has {cfg.joint_names}"
+            )
+        limits = cfg.joint("arm").hard_limits
+        if limits is None or not limits.lower < 0.0 < limits.upper:
+            raise ValueError(
+                f"robot '{cfg.name}': joint 'arm' needs hard_limits with lower < 0 < upper "
+                f"(0 = centred) for FurutaSwingup, got {limits}"
+            )
+        self.arm_lower = limits.lower
+        self.arm_upper = limits.upper
+        self.velocity_limits = np.array([cfg.joint(n).velocity_limit for n in cfg.joint_names])
+
+    def observe(self, q: np.ndarray, v: np.ndarray, task: TaskState) -> np.ndarray:
+        """(B, 6) observations; see the module docstring."""
+        theta, alpha = q[:, ARM], q[:, PENDULUM]
+        obs = np.stack(
+            [
+                np.sin(theta),
+                np.cos(theta),
+                np.sin(alpha),
+                np.cos(alpha),
+                v[:, ARM] / VELOCITY_SCALE,
+                v[:, PENDULUM] / VELOCITY_SCALE,
+            ],
+            axis=1,
+        )
+        return obs.astype(np.float32)
+
+    def reward(
+        self, q: np.ndarray, v: np.ndarray, action: np.ndarray, task: TaskState
+    ) -> np.ndarray:
+        """(B,) rewards in [0, 1]; see the module docstring."""
+        theta = q[:, ARM]
+        up = 0.5 * (1.0 - np.cos(q[:, PENDULUM]))
+        limit = np.where(theta >= 0.0, self.arm_upper, -self.arm_lower)
+        x = np.clip(theta / limit, -1.0, 1.0)
+        w = np.mean(np.clip(v / self.velocity_limits, -1.0, 1.0) ** 2, axis=1)
+        a2 = np.sum(np.clip(action, -1.0, 1.0) ** 2, axis=1)
+        return (
+            REWARD_OFFSET
+            + UPRIGHT_WEIGHT * up
+            - ARM_WEIGHT * x**2
+            - VELOCITY_WEIGHT * w
+            - ACTION_WEIGHT * a2
+        ).astype(np.float64)
+
+    def terminated(self, q: np.ndarray, v: np.ndarray, task: TaskState) -> np.ndarray:
+        """(B,) True where the arm is outside its hard limits."""
+        theta = q[:, ARM]
+        return (theta < self.arm_lower) | (theta > self.arm_upper)
