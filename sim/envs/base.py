@@ -27,6 +27,7 @@ from gymnasium import spaces
 
 from sim.actuation import action_to_command
 from sim.robot_config import FIDELITIES, RobotConfig, load_robot_config
+from sim.starts import sample_start_state
 from sim.state import RobotState
 from sim.tasks.base import Task, TaskState
 
@@ -154,14 +155,9 @@ class RobotSimEnv(gym.Env[np.ndarray, np.ndarray]):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Start at home plus uniform noise within the robot config's reset bounds."""
+        """Start at home plus uniform noise within the reset bounds (`sample_start_state`)."""
         super().reset(seed=seed)
-        rst = self.robot.reset
-        rng = self.np_random
-        q = np.array([rst.home.get(n, 0.0) for n in self.joint_names])
-        q += np.array([rng.uniform(-1, 1) * rst.position_noise.get(n, 0.0) for n in self.joint_names])
-        v = np.array([rng.uniform(-1, 1) * rst.velocity_noise.get(n, 0.0) for n in self.joint_names])
-        return self._start(q, v, self.task.sample_task_state(rng))
+        return self._start(*sample_start_state(self.robot, self.task, self.np_random))
 
     def reset_to(
         self, state: RobotState, *, seed: int | None = None

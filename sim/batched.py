@@ -1,0 +1,337 @@
+"""Batched low-fidelity collection: N copies of one model stepped together, closed loop.
+
+`BatchedCollector` advances every copy by one control step with a single `mujoco.rollout`
+call on a persistent thread pool (one MjData per thread), then evaluates the policy once for
+the whole batch. Actions, commands, observations, rewards and terminations go through exactly
+the code of `RobotSimEnv.step` (clip to [-1, 1], `sim.actuation.action_to_command`, the shared
+`Task`, the model's sensor effects), so a batch row reproduces the per-env Gymnasium loop:
+
+    collector = BatchedCollector("mfpg/FurutaSwingup-v0", fidelity="reduced", n_envs=512)
+    q0, v0, task_state = collector.sample_starts(512, np.random.default_rng(0))
+    out = collector.run(q0, v0, task_state, horizon=200, act_fn=lambda obs, t: policy(obs))
+
+Agreement with the per-env loop is bitwise while no constraint is active. `mujoco.rollout`
+restarts the constraint solver's warmstart (`qacc_warmstart`) at every call, so while a joint
+limit or contact is active the two agree to the solver's tolerance. A MuJoCo warning (e.g. an
+unstable simulation) freezes that copy at its last state, where `mj_step` would reset it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from mujoco import rollout
+
+from sim.actuation import action_to_command
+from sim.envs.base import RobotSimEnv, SensorModel
+from sim.robot_config import RobotConfig
+from sim.starts import sample_start_state
+from sim.state import RobotState
+from sim.tasks.base import Task, TaskState
+
+ActFn = Callable[[np.ndarray, int], np.ndarray]
+_FULL = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
+_CTRL = mujoco.mjtState.mjSTATE_CTRL.value
+
+
+@dataclass(frozen=True)
+class BatchRollout:
+    """N closed-loop trajectories of T control steps, batch-major.
+
+    `alive[i, t]` is True for every step up to and including the one on which env i
+    terminated; on later steps every field (obs[:, t + 1], actions, rewards, terminated, q, v)
+    is zero. An env alive at the last step was cut by the horizon (truncated, not terminated).
+    `q`, `v` are the measured joint state the task saw (the true state for models without
+    sensor effects), in the robot config's joint order.
+    """
+
+    obs: np.ndarray  # (N, T + 1, obs_dim) float32
+    actions: np.ndarray  # (N, T, act_dim) float64: act_fn's output, before clipping
+    rewards: np.ndarray  # (N, T) float64
+    terminated: np.ndarray  # (N, T) bool
+    alive: np.ndarray  # (N, T) bool
+    q: np.ndarray  # (N, T + 1, n_joints) float64
+    v: np.ndarray  # (N, T + 1, n_joints) float64
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(N,) number of steps each env took (horizon unless it terminated earlier)."""
+        return self.alive.sum(axis=1)
+
+
+class _BatchSensor:
+    """`SensorModel` for a batch: the same quantisation and a ring buffer for the latency."""
+
+    def __init__(self, sensor: SensorModel) -> None:
+        self._sensor = sensor
+        self.identity = sensor.latency_steps == 0 and not np.any(sensor.resolution > 0)
+        self._ring: np.ndarray | None = None
+        self._head = 0
+
+    def reset(self, q: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.identity:
+            return q, v
+        n_slots = self._sensor.latency_steps + 1
+        self._ring = np.repeat(np.stack([q, v])[None], n_slots, axis=0)
+        self._head = 0
+        return self._sensor.quantise(q), v.copy()
+
+    def measure(self, q: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.identity:
+            return q, v
+        assert self._ring is not None
+        # The slot about to be overwritten holds the state latency_steps control steps old.
+        self._ring[self._head, 0], self._ring[self._head, 1] = q, v
+        self._head = (self._head + 1) % self._ring.shape[0]
+        old = self._ring[self._head]
+        return self._sensor.quantise(old[0]), old[1].copy()
+
+
+class BatchedCollector:
+    """Steps up to `n_envs` copies of one task's model together; the policy runs once per step.
+
+    `env`: a registered env id (e.g. "mfpg/FurutaSwingup-v0") or a `(task, robot)` pair
+    (robot: a name, a YAML path, a `RobotConfig`, or None for the task's own robot).
+    `nthread`: rollout threads (default: the CPU count; 1 runs on the calling thread).
+    Every call to `run` may use any batch size N with 1 <= N <= n_envs; buffers are sized for
+    `n_envs` once. Call `close()` (or use it as a context manager) to stop the thread pool.
+    """
+
+    def __init__(
+        self,
+        env: str | tuple[Task, str | RobotConfig | None],
+        fidelity: str = "reduced",
+        n_envs: int = 512,
+        nthread: int | None = None,
+    ) -> None:
+        if not isinstance(n_envs, (int, np.integer)) or n_envs < 1:
+            raise ValueError(f"n_envs must be a positive integer, got {n_envs!r}")
+        nthread = (os.cpu_count() or 1) if nthread is None else nthread
+        if not isinstance(nthread, (int, np.integer)) or nthread < 1:
+            raise ValueError(f"nthread must be a positive integer or None, got {nthread!r}")
+        self.env = _make_env(env, fidelity)
+        self.task, self.robot, self.model = self.env.task, self.env.robot, self.env.model
+        self.fidelity = fidelity
+        self.n_envs = int(n_envs)
+        self.nthread = int(min(nthread, n_envs))
+        self.n_substeps = self.env.n_substeps
+        self.joint_names = self.env.joint_names
+        self.obs_dim = self.task.obs_dim
+        self.act_dim = int(self.env.action_space.shape[0])
+        probe = self.task.sample_task_state(np.random.default_rng(0))
+        self._task_dims = {k: np.shape(val) for k, val in probe.items()}
+        self._sensor = _BatchSensor(self.env.sensor)
+
+        m = self.model
+        self._pool = rollout.Rollout(nthread=self.nthread if self.nthread > 1 else 0)
+        self._datas = [mujoco.MjData(m) for _ in range(self.nthread)]
+        self._models = [m] * self.n_envs
+        nstate = mujoco.mj_stateSize(m, _FULL)
+        qpos_off = mujoco.mj_stateSize(m, mujoco.mjtState.mjSTATE_TIME.value)
+        qvel_off = qpos_off + m.nq
+        self._q_idx = qpos_off + np.asarray(self.env.qpos_adr)
+        self._v_idx = qvel_off + np.asarray(self.env.qvel_adr)
+        mujoco.mj_resetData(m, self._datas[0])
+        self._state_reset = np.empty(nstate)
+        mujoco.mj_getState(m, self._datas[0], self._state_reset, _FULL)
+        self._state0 = np.empty((self.n_envs, nstate))
+        self._state_out = np.empty((self.n_envs, self.n_substeps, nstate))
+        self._ctrl = np.zeros((self.n_envs, self.n_substeps, m.nu))
+        act_ids = np.asarray(self.env.act_ids)
+        contiguous = np.array_equal(act_ids, np.arange(act_ids[0], act_ids[0] + len(act_ids)))
+        self._ctrl_cols = slice(act_ids[0], act_ids[-1] + 1) if contiguous else act_ids
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the rollout thread pool (the collector cannot run afterwards)."""
+        if self._pool.rollout_ is not None:
+            self._pool.close()
+
+    def __enter__(self) -> BatchedCollector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- start states ---------------------------------------------------------------------
+    def sample_starts(
+        self, n: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, TaskState]:
+        """`n` starts from the envs' own distribution (`sim.starts.sample_start_state`)."""
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(
+                f"rng must be a numpy Generator (np.random.default_rng(seed)), got {rng!r}"
+            )
+        starts = [sample_start_state(self.robot, self.task, rng) for _ in range(int(n))]
+        return _stack_starts(starts, self.joint_names, self._task_dims)
+
+    def batch_states(self, states: list[RobotState]) -> tuple[np.ndarray, np.ndarray, TaskState]:
+        """Stack `RobotState`s (e.g. measured HF starts; joints matched by name) for `run`."""
+        starts = []
+        for s in states:
+            q, v = s.arrays(self.joint_names)
+            task = {k: np.asarray(val, dtype=np.float64) for k, val in s.task.items()}
+            starts.append((q, v, task))
+        return _stack_starts(starts, self.joint_names, self._task_dims)
+
+    # -- collection -----------------------------------------------------------------------
+    def run(
+        self,
+        q0: np.ndarray,
+        v0: np.ndarray,
+        task_state: TaskState,
+        horizon: int,
+        act_fn: ActFn,
+    ) -> BatchRollout:
+        """Roll N envs out for `horizon` control steps from (q0, v0, task_state), closed loop.
+
+        `act_fn(obs, t)` gets the (N, obs_dim) float32 observations of step t and returns
+        (N, act_dim) normalised actions; it is called once per step for the whole batch
+        (rows of envs that already terminated are ignored). Stops early once all terminated.
+        """
+        q0, v0, task = self._check_inputs(q0, v0, task_state, horizon, act_fn)
+        n, horizon = q0.shape[0], int(horizon)
+        state0, state_out = self._state0[:n], self._state_out[:n]
+        ctrl, models = self._ctrl[:n], self._models[:n]
+        cols = self._ctrl_cols
+        state0[:] = self._state_reset
+        state0[:, self._q_idx] = q0
+        state0[:, self._v_idx] = v0
+        ctrl.fill(0.0)
+
+        obs = np.zeros((horizon + 1, n, self.obs_dim), dtype=np.float32)
+        actions = np.zeros((horizon, n, self.act_dim))
+        rewards = np.zeros((horizon, n))
+        terminated = np.zeros((horizon, n), dtype=bool)
+        alive = np.zeros((horizon, n), dtype=bool)
+        qs = np.zeros((horizon + 1, n, len(self.joint_names)))
+        vs = np.zeros_like(qs)
+        done = np.zeros(n, dtype=bool)
+
+        q, v = self._sensor.reset(q0, v0)
+        qs[0], vs[0] = q, v
+        obs[0] = self.task.observe(q, v, task)
+        for t in range(horizon):
+            act = self._checked_action(act_fn(obs[t], t), n, t, done)
+            actions[t] = act
+            a = np.clip(act.astype(np.float64), -1.0, 1.0)
+            ctrl[:, :, cols] = action_to_command(self.robot, a)[:, None, :]
+            self._pool.rollout(
+                models, self._datas, state0, ctrl, control_spec=_CTRL, skip_checks=True,
+                nstep=self.n_substeps, state=state_out, chunk_size=self._chunk(n),
+            )
+            state0[:] = state_out[:, -1]
+            q, v = self._sensor.measure(state0[:, self._q_idx], state0[:, self._v_idx])
+            qs[t + 1], vs[t + 1] = q, v
+            rewards[t] = self.task.reward(q, v, a, task)
+            terminated[t] = self.task.terminated(q, v, task)
+            obs[t + 1] = self.task.observe(q, v, task)
+            np.logical_not(done, out=alive[t])
+            done |= terminated[t]
+            if done.all():
+                break
+        return self._finish(obs, actions, rewards, terminated, alive, qs, vs)
+
+    # -- helpers --------------------------------------------------------------------------
+    def _chunk(self, n: int) -> int:
+        """One contiguous chunk per thread: every copy costs the same, so no balancing is needed."""
+        return max(1, -(-n // max(1, self.nthread)))
+
+    def _checked_action(self, act: np.ndarray, n: int, t: int, done: np.ndarray) -> np.ndarray:
+        act = np.asarray(act)
+        if act.shape != (n, self.act_dim):
+            raise ValueError(
+                f"act_fn returned shape {act.shape} at step {t}; expected (N, act_dim) = "
+                f"({n}, {self.act_dim})"
+            )
+        if not np.isfinite(act).all():
+            bad = ~np.isfinite(act).all(axis=1)
+            if np.any(bad & ~done):
+                raise ValueError(f"act_fn returned non-finite actions for envs "
+                                 f"{np.flatnonzero(bad & ~done)[:10].tolist()} at step {t}")
+            act = np.where(bad[:, None], 0.0, act)
+        return act
+
+    def _check_inputs(
+        self, q0: np.ndarray, v0: np.ndarray, task_state: TaskState, horizon: int, act_fn: ActFn
+    ) -> tuple[np.ndarray, np.ndarray, TaskState]:
+        q0 = np.asarray(q0, dtype=np.float64)
+        v0 = np.asarray(v0, dtype=np.float64)
+        nj = len(self.joint_names)
+        if q0.ndim != 2 or q0.shape[1] != nj:
+            raise ValueError(
+                f"q0 must have shape (N, {nj}) (joints {self.joint_names}), got {q0.shape}"
+            )
+        n = q0.shape[0]
+        if not 1 <= n <= self.n_envs:
+            raise ValueError(f"batch size N={n} must be in [1, n_envs={self.n_envs}]; "
+                             f"build the collector with a larger n_envs")
+        if v0.shape != q0.shape:
+            raise ValueError(f"v0 must have the shape of q0 {q0.shape}, got {v0.shape}")
+        if not (np.isfinite(q0).all() and np.isfinite(v0).all()):
+            raise ValueError("q0 and v0 must be finite")
+        if not isinstance(horizon, (int, np.integer)) or isinstance(horizon, bool) or horizon < 1:
+            raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
+        if not callable(act_fn):
+            raise TypeError(f"act_fn must be callable as act_fn(obs, t), got {act_fn!r}")
+        if not isinstance(task_state, dict) or set(task_state) != set(self._task_dims):
+            got = sorted(task_state) if isinstance(task_state, dict) else type(task_state).__name__
+            raise ValueError(f"task_state must be a dict with keys {sorted(self._task_dims)} "
+                             f"for task {self.task.name}, got {got}")
+        task = {}
+        for k, dims in self._task_dims.items():
+            val = np.asarray(task_state[k], dtype=np.float64)
+            if val.shape != (n, *dims):
+                raise ValueError(f"task_state['{k}'] must have shape {(n, *dims)}, got {val.shape}")
+            task[k] = val
+        return q0, v0, task
+
+    @staticmethod
+    def _finish(
+        obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, terminated: np.ndarray,
+        alive: np.ndarray, qs: np.ndarray, vs: np.ndarray,
+    ) -> BatchRollout:
+        """Zero every value after termination and turn time-major buffers batch-major."""
+        dead = ~alive
+        obs[1:][dead], actions[dead], qs[1:][dead], vs[1:][dead] = 0.0, 0.0, 0.0, 0.0
+        rewards[dead], terminated[dead] = 0.0, False
+
+        def batch_major(x: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(np.swapaxes(x, 0, 1))
+
+        return BatchRollout(
+            obs=batch_major(obs), actions=batch_major(actions), rewards=batch_major(rewards),
+            terminated=batch_major(terminated), alive=batch_major(alive),
+            q=batch_major(qs), v=batch_major(vs),
+        )
+
+
+def _make_env(env: str | tuple[Task, str | RobotConfig | None], fidelity: str) -> RobotSimEnv:
+    if isinstance(env, str):
+        made = gym.make(env, fidelity=fidelity).unwrapped
+        if not isinstance(made, RobotSimEnv):
+            raise TypeError(f"env id '{env}' is a {type(made).__name__}, not a RobotSimEnv")
+        return made
+    if isinstance(env, tuple) and len(env) == 2 and isinstance(env[0], Task):
+        return RobotSimEnv(env[0], fidelity, env[1])
+    raise TypeError(f"env must be a registered env id or a (task, robot) pair, got {env!r}")
+
+
+def _stack_starts(
+    starts: list[tuple[np.ndarray, np.ndarray, TaskState]],
+    joint_names: tuple[str, ...],
+    task_dims: dict[str, tuple[int, ...]],
+) -> tuple[np.ndarray, np.ndarray, TaskState]:
+    nj = len(joint_names)
+    q0 = np.array([s[0] for s in starts], dtype=np.float64).reshape(len(starts), nj)
+    v0 = np.array([s[1] for s in starts], dtype=np.float64).reshape(len(starts), nj)
+    task = {
+        k: np.array([s[2][k] for s in starts], dtype=np.float64).reshape(len(starts), *dims)
+        for k, dims in task_dims.items()
+    }
+    return q0, v0, task
