@@ -1,0 +1,275 @@
+"""The multi-fidelity control variate (MFPG, arXiv 2503.05696).
+
+Every policy-gradient algorithm here maximises the mean of a per-sample surrogate `f`
+(`A * log pi(a|s)` for REINFORCE, the clipped ratio term for PPO). With high-fidelity (HF)
+samples `f_H`, low-fidelity (LF) samples `f_P` paired with HF samples (same start state, same
+action noise), and LF reference samples `f_R` drawn independently of the HF noise, the
+multi-fidelity objective is
+
+    L = mean(f_H) - c * (mean(f_P) - mean(f_R)).
+
+The correction has zero expectation whenever paired and reference LF samples have the same
+distribution (the pairing's job), so `L` and its gradient are unbiased for any `c` that does
+not depend on the current batch. Its variance is smallest at `c* = Cov(f_H, f_P) / Var(f_P)`,
+where (with an exact reference mean) it falls to `(1 - rho^2)` times the HF-only variance.
+
+`c` is estimated from the paired samples and smoothed over iterations (`CoefEMA`). The value
+used for a batch comes from earlier batches only, so it is a constant given the past and the
+estimate stays exactly unbiased; only the very first batch, with no history, uses its own
+estimate (a bias of order 1/N, once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+@dataclass(frozen=True)
+class PairMoments:
+    """Sample moments of aligned HF/LF pairs."""
+
+    n: int
+    cov: float
+    var_h: float
+    var_l: float
+
+    @property
+    def rho(self) -> float:
+        """Pearson correlation (0 when either side has no variance)."""
+        den = np.sqrt(self.var_h * self.var_l)
+        return float(self.cov / den) if den > 0 else 0.0
+
+    @property
+    def c_opt(self) -> float:
+        """Variance-minimising coefficient Cov / Var(f_L) (0 when f_L is constant)."""
+        return float(self.cov / self.var_l) if self.var_l > 0 else 0.0
+
+
+def _as_numpy(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def pair_moments(f_h: ArrayLike, f_l: ArrayLike) -> PairMoments:
+    """Covariance and variances of aligned samples `f_h[i]`, `f_l[i]` (unbiased, ddof=1)."""
+    h, low = _as_numpy(f_h).ravel(), _as_numpy(f_l).ravel()
+    if h.shape != low.shape:
+        raise ValueError(f"paired samples must align, got {h.shape[0]} HF and {low.shape[0]} LF")
+    n = h.shape[0]
+    if n < 2:
+        return PairMoments(n=n, cov=0.0, var_h=0.0, var_l=0.0)
+    cov = np.cov(h, low, ddof=1)
+    return PairMoments(n=n, cov=float(cov[0, 1]), var_h=float(cov[0, 0]), var_l=float(cov[1, 1]))
+
+
+class CoefEMA:
+    """Exponentially smoothed control-variate coefficient.
+
+    `value` is the `c` to apply to the next batch. `update(m)` folds in a batch's estimate:
+    `c_hat = Cov/Var` when the batch's correlation is positive, else 0 (a negatively
+    correlated LF side is not trusted); batches with fewer than `min_pairs` pairs are ignored.
+    """
+
+    def __init__(self, ema: float = 0.95, min_pairs: int = 20) -> None:
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {ema}")
+        if min_pairs < 2:
+            raise ValueError(f"min_pairs must be >= 2 (a covariance needs 2), got {min_pairs}")
+        self.ema = ema
+        self.min_pairs = min_pairs
+        self._c: float | None = None
+
+    @property
+    def value(self) -> float:
+        return 0.0 if self._c is None else self._c
+
+    @property
+    def initialised(self) -> bool:
+        return self._c is not None
+
+    def batch_coef(self, m: PairMoments) -> float | None:
+        """This batch's own estimate, or None when it has too few pairs."""
+        if m.n < self.min_pairs:
+            return None
+        return max(m.c_opt, 0.0) if m.rho > 0 else 0.0
+
+    def update(self, m: PairMoments) -> float:
+        """Fold in a batch; return the new smoothed value."""
+        c_hat = self.batch_coef(m)
+        if c_hat is not None:
+            self._c = c_hat if self._c is None else self.ema * self._c + (1 - self.ema) * c_hat
+        return self.value
+
+    def coef_for(self, m: PairMoments) -> float:
+        """The `c` to apply to the batch with moments `m`, then fold the batch in.
+
+        Earlier batches decide `c` (unbiased); without history the batch's own estimate is
+        used; with too few pairs, 0.
+        """
+        if m.n < self.min_pairs:
+            return 0.0
+        c = self.value if self.initialised else (self.batch_coef(m) or 0.0)
+        self.update(m)
+        return c
+
+    def state_dict(self) -> dict[str, float | None]:
+        return {"c": self._c}
+
+    def load_state_dict(self, state: dict[str, float | None]) -> None:
+        self._c = None if state.get("c") is None else float(state["c"])
+
+
+def mf_objective(
+    f_h: torch.Tensor, f_paired: torch.Tensor, f_ref: torch.Tensor, c: float
+) -> torch.Tensor:
+    """`mean(f_h) - c * (mean(f_paired) - mean(f_ref))` (differentiable; c is a constant)."""
+    hf = f_h.mean()
+    if c == 0.0:
+        return hf
+    if f_paired.numel() == 0 or f_ref.numel() == 0:
+        raise ValueError(
+            f"c={c} needs paired and reference LF samples, got {f_paired.numel()} paired and "
+            f"{f_ref.numel()} reference; set c=0 or collect LF data"
+        )
+    return hf - c * (f_paired.mean() - f_ref.mean())
+
+
+def group_means(values: ArrayLike, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Mean of `values[..., j]` over each group id in 0..n_groups-1 (NaN for empty groups)."""
+    v = _as_numpy(values)
+    flat = v.reshape(-1, v.shape[-1])
+    sums = np.zeros((flat.shape[0], n_groups))
+    np.add.at(sums.T, groups, flat.T)
+    counts = np.bincount(groups, minlength=n_groups).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = sums / counts
+    return out.reshape(*v.shape[:-1], n_groups)
+
+
+def align_pairs(
+    f_h: ArrayLike, f_p: ArrayLike, partner: np.ndarray, f_ref: ArrayLike, ref_anchor: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Aligned (HF, LF) values whose covariance sets `c`, along the last axis.
+
+    `partner[j]`: the HF sample paired with LF sample j (-1: unpaired). `ref_anchor[j]`: the
+    HF sample whose state reference sample j starts from (synced), or -1 for an independent
+    pool (episode). With grouped references the LF value of a pair is `f_p - mean(f_ref of its
+    state)`, the quantity the correction actually subtracts (the part of f_L explained by the
+    state cancels and must not count as correlation); with a pool it is `f_p`.
+    """
+    h, p, r = _as_numpy(f_h), _as_numpy(f_p), _as_numpy(f_ref)
+    partner = np.asarray(partner)
+    ref_anchor = np.asarray(ref_anchor)
+    mask = partner >= 0
+    x_h = h[..., partner[mask]]
+    x_l = p[..., mask]
+    grouped = ref_anchor >= 0
+    if grouped.any():
+        if not grouped.all():
+            raise ValueError("reference samples must all be grouped by HF sample or all pooled")
+        x_l = x_l - group_means(r, ref_anchor, h.shape[-1])[..., partner[mask]]
+    return x_h, x_l
+
+
+def projected_variance_ratio(
+    x_h: np.ndarray, x_l: np.ndarray, c: float, pool: np.ndarray | None = None
+) -> tuple[float, float]:
+    """Measured per-sample variance ratio of the MF gradient to HF-only, and the `c` that
+    minimises it.
+
+    `x_h`, `x_l`: aligned per-sample gradient projections (n_dirs, n) on random Gaussian
+    directions (see `align_pairs`); `pool`: (n_dirs, m) projections of an independent
+    reference pool, whose mean adds `c^2 Var(pool) / m` to the estimate's variance. Since
+    `E[(g.v)(h.v)] = g.h`, summing over directions estimates traces: the ratio is
+    `tr Var(MF) / tr Var(HF)` with samples treated as independent.
+    """
+    n = x_h.shape[-1]
+    if n < 2:
+        return float("nan"), float("nan")
+    var_h = np.var(x_h, axis=-1, ddof=1).sum()
+    var_l = np.var(x_l, axis=-1, ddof=1).sum()
+    cov = sum(float(np.cov(a, b, ddof=1)[0, 1]) for a, b in zip(x_h, x_l, strict=True))
+    if pool is not None and pool.shape[-1] > 1:
+        var_l += np.var(pool, axis=-1, ddof=1).sum() * n / pool.shape[-1]
+    if var_h <= 0:
+        return float("nan"), float("nan")
+    ratio = (var_h - 2 * c * cov + c**2 * var_l) / var_h
+    return float(ratio), float(cov / var_l) if var_l > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class MFStats:
+    """Per-iteration diagnostics of the control variate (all floats, for logging)."""
+
+    rho: float
+    c: float
+    c_batch: float
+    var_reduction_pred: float
+    var_ratio_grad: float
+    c_grad: float
+    n_pairs: int
+
+    def as_dict(self, prefix: str = "mf/") -> dict[str, float]:
+        return {prefix + k: float(v) for k, v in asdict(self).items()}
+
+
+class _CallMethod(nn.Module):
+    """Wraps `fn(module, *args)` as `forward`, so `torch.func.functional_call` can use it."""
+
+    def __init__(self, module: nn.Module, fn: Callable[..., torch.Tensor]) -> None:
+        super().__init__()
+        self.module = module
+        self.fn = fn
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.module, *args)
+
+
+def projected_sample_grads(
+    module: nn.Module,
+    per_sample_fn: Callable[..., torch.Tensor],
+    args: tuple[torch.Tensor, ...],
+    directions: list[dict[str, torch.Tensor]],
+) -> np.ndarray:
+    """Per-sample directional derivatives `grad f_i . v` for each direction `v`.
+
+    `per_sample_fn(module, *args)` returns the (n,) per-sample surrogates; `directions` are
+    dicts of tensors shaped like `module`'s trainable parameters. One forward-mode pass per
+    direction, no per-sample backward. Returns (n_dirs, n).
+    """
+    wrapper = _CallMethod(module, per_sample_fn)
+    params = {
+        "module." + k: p.detach() for k, p in module.named_parameters() if p.requires_grad
+    }
+
+    def f(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.func.functional_call(wrapper, p, args)
+
+    out = []
+    for v in directions:
+        tangent = {"module." + k: t for k, t in v.items()}
+        _, jv = torch.func.jvp(f, (params,), (tangent,))
+        out.append(jv.detach().double().numpy())
+    return np.stack(out) if out else np.zeros((0, args[0].shape[0]))
+
+
+def random_directions(
+    module: nn.Module, n_dirs: int, generator: torch.Generator
+) -> list[dict[str, torch.Tensor]]:
+    """`n_dirs` standard-normal directions in the space of `module`'s trainable parameters."""
+    return [
+        {
+            k: torch.randn(p.shape, generator=generator, dtype=p.dtype)
+            for k, p in module.named_parameters()
+            if p.requires_grad
+        }
+        for _ in range(n_dirs)
+    ]
