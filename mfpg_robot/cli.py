@@ -13,6 +13,8 @@ import sys
 
 COMMANDS = (
     "check_config",
+    "emulator",
+    "probe",
     "run_default",
 )
 

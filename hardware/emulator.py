@@ -1,0 +1,199 @@
+"""Device emulator: the robot's firmware on a pseudo-terminal, for dry runs without a robot.
+
+    mfpg-robot emulator --robot configs/robots/furuta.yaml
+    port: /dev/pts/7                      <- first line of output; pass it as --port
+
+It opens a pty (`os.openpty`, device side in raw mode), prints `port: <path>` as its first
+line, and serves the protocol of docs/protocol.md there with `DeviceModel` (the twin in real
+time: one control period per tick at the robot's control rate, advanced by the wall clock).
+Requests are answered as they arrive; a COMMAND takes effect at the next tick. SIGINT and
+SIGTERM stop it cleanly: torque off, pty closed, exit status 0.
+
+Fault injection (`FaultInjection`, all driven by one seeded RNG): replies dropped, corrupted
+(one byte flipped) or delayed with given probabilities; a disconnect (the pty is closed, as
+an unplugged cable) and an over-temperature after given times.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import select
+import signal
+import time
+import tty
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+import numpy as np
+
+from hardware.device_model import DeviceModel
+from hardware.protocol import FrameDecoder, encode
+from sim.robot_config import RobotConfig
+
+READ_CHUNK = 4096
+MAX_CATCH_UP_S = 0.25  # further behind the wall clock than this: skip ticks instead
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """Faults the emulator injects; probabilities are per reply, times since start."""
+
+    drop_rate: float = 0.0
+    corrupt_rate: float = 0.0
+    delay_rate: float = 0.0
+    delay_ms: float = 0.0
+    disconnect_after_s: float | None = None
+    overtemp_after_s: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("drop_rate", "corrupt_rate", "delay_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
+        if not (math.isfinite(self.delay_ms) and self.delay_ms >= 0):
+            raise ValueError(f"delay_ms must be >= 0, got {self.delay_ms}")
+        if self.delay_rate > 0 and self.delay_ms == 0:
+            raise ValueError("delay_rate > 0 needs delay_ms > 0 (how long a reply is held)")
+        for name in ("disconnect_after_s", "overtemp_after_s"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ValueError(f"{name} must be >= 0 seconds, got {value}")
+
+    def describe(self) -> str:
+        """'none' or e.g. 'drop 5%, corrupt 1%, disconnect after 2 s'."""
+        parts = []
+        if self.drop_rate:
+            parts.append(f"drop {self.drop_rate:.1%}")
+        if self.corrupt_rate:
+            parts.append(f"corrupt {self.corrupt_rate:.1%}")
+        if self.delay_rate:
+            parts.append(f"delay {self.delay_rate:.1%} by {self.delay_ms:g} ms")
+        if self.disconnect_after_s is not None:
+            parts.append(f"disconnect after {self.disconnect_after_s:g} s")
+        if self.overtemp_after_s is not None:
+            parts.append(f"over-temperature after {self.overtemp_after_s:g} s")
+        return ", ".join(parts) or "none"
+
+
+class Emulator:
+    """A `DeviceModel` served on a pty; `serve()` runs until `stop()` or a disconnect."""
+
+    def __init__(self, robot: RobotConfig, faults: FaultInjection | None = None) -> None:
+        self.robot = robot
+        self.faults = faults or FaultInjection()
+        self.device = DeviceModel(robot)
+        self._rng = np.random.default_rng(self.faults.seed)
+        self._decoder = FrameDecoder()
+        self._out: deque[tuple[float, bytes]] = deque()
+        self._stop = False
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        os.set_blocking(self._master, False)
+        self.port = os.ttyname(self._slave)
+
+    def stop(self) -> None:
+        """Ask `serve()` to return (safe to call from a signal handler)."""
+        self._stop = True
+
+    def serve(self, log: Callable[[str], None] = lambda line: None) -> str:
+        """Run the device in real time; return why it ended ('stopped' or 'disconnected')."""
+        dev, f = self.device, self.faults
+        dt = self.robot.control_dt
+        t0 = time.monotonic()
+        next_tick = dt
+        overtemp_pending = f.overtemp_after_s is not None
+        while not self._stop:
+            t = time.monotonic() - t0
+            if f.disconnect_after_s is not None and t >= f.disconnect_after_s:
+                log(f"disconnect injected at {t:.3f} s: torque off, pty closed")
+                return "disconnected"
+            if overtemp_pending and t >= f.overtemp_after_s:
+                dev.inject_overtemperature()
+                overtemp_pending = False
+                log(f"over-temperature injected at {t:.3f} s")
+            wait = next_tick - t
+            if self._out:
+                wait = min(wait, self._out[0][0] - t)
+            ready, _, _ = select.select([self._master], [], [], max(0.0, wait))
+            if ready:
+                self._receive(t0)
+            t = time.monotonic() - t0
+            self._send_due(t)
+            if t - next_tick > MAX_CATCH_UP_S:
+                next_tick = t  # the process was suspended: resume, do not replay the gap
+            while t >= next_tick:
+                dev.tick(int(next_tick * 1e6))
+                next_tick += dt
+        return "stopped"
+
+    def close(self) -> None:
+        """Torque off and close the pty (idempotent)."""
+        self.device.shutdown()
+        for fd in (self._master, self._slave):
+            if fd >= 0:
+                os.close(fd)
+        self._master = self._slave = -1
+
+    # -- internals ------------------------------------------------------------------------
+    def _receive(self, t0: float) -> None:
+        try:
+            data = os.read(self._master, READ_CHUNK)
+        except BlockingIOError:
+            return
+        for frame in self._decoder.feed(data):
+            now = time.monotonic() - t0
+            reply = self.device.handle(frame, int(now * 1e6))
+            self._queue(encode(reply, frame.seq), now)
+
+    def _queue(self, frame: bytes, now: float) -> None:
+        f, rng = self.faults, self._rng
+        if f.drop_rate and rng.random() < f.drop_rate:
+            return
+        if f.corrupt_rate and rng.random() < f.corrupt_rate:
+            buf = bytearray(frame)
+            buf[int(rng.integers(2, len(buf)))] ^= int(rng.integers(1, 256))
+            frame = bytes(buf)
+        due = now
+        if f.delay_rate and rng.random() < f.delay_rate:
+            due += f.delay_ms / 1000.0
+        if self._out:
+            due = max(due, self._out[-1][0])  # replies leave in request order
+        self._out.append((due, frame))
+
+    def _send_due(self, t: float) -> None:
+        while self._out and self._out[0][0] <= t:
+            _, frame = self._out.popleft()
+            try:
+                os.write(self._master, frame)
+            except BlockingIOError:
+                pass  # nobody reads the port and its buffer is full: lost, as on a wire
+
+
+def run_emulator(robot: RobotConfig, faults: FaultInjection, out: TextIO) -> int:
+    """The `mfpg-robot emulator` process: print the port first, serve until a signal."""
+    emulator = Emulator(robot, faults)
+    print(f"port: {emulator.port}", file=out, flush=True)
+
+    def log(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    previous = {s: signal.signal(s, lambda *_: emulator.stop()) for s in _STOP_SIGNALS}
+    try:
+        log(
+            f"emulating {robot.name} ({robot.control_rate_hz:g} Hz, twin model), "
+            f"faults injected: {faults.describe()}; stop with Ctrl+C"
+        )
+        reason = emulator.serve(log)
+    finally:
+        emulator.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log(f"{reason}: torque off, port closed")
+    return 0
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

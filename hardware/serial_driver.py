@@ -1,0 +1,259 @@
+"""`SerialDriver`: the `RobotDriver` for a device speaking the framed protocol over a port.
+
+The same code path drives the real robot (`/dev/ttyUSB0`) and the device emulator (a pty):
+
+    with SerialDriver(load_robot_config("furuta"), port="/dev/pts/5") as drv:
+        drv.enable()
+        drv.send_command(np.array([1.5]))    # volts, one per actuated joint
+        state = drv.read_state()
+
+`connect()` opens the port, handshakes (HELLO) and refuses a device whose protocol version,
+robot model, joint count or actuator count differs from the robot config, then sets the
+device watchdog to `serial.watchdog_ms` of the config. Errors: `RobotConnectionError` for a
+missing port, no reply, repeated corrupted replies, a lost link or a mismatched device;
+`RobotFaultError` when the device refuses a request because a fault or the e-stop is latched
+(fault bits decoded into names, e.g. ('WATCHDOG',)), or because torque is off.
+Leaving the context manager (normally, on an exception or on Ctrl+C) disables torque.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from hardware.driver import (
+    DeviceInfo,
+    DeviceState,
+    RobotConnectionError,
+    RobotDriver,
+    RobotFaultError,
+)
+from hardware.protocol import (
+    PROTOCOL_VERSION,
+    WATCHDOG_MAX_MS,
+    WATCHDOG_MIN_MS,
+    ClearFault,
+    Command,
+    Disable,
+    Enable,
+    ErrorCode,
+    ErrorReply,
+    Estop,
+    Hello,
+    HelloReply,
+    Message,
+    ReadState,
+    SetWatchdog,
+    StateReply,
+    robot_model_name,
+)
+from hardware.transport import Transport, TransportStats, open_port
+from sim.robot_config import RobotConfig
+
+ESTOP_FAULT = "ESTOP"  # name reported in RobotFaultError.faults while the e-stop is latched
+
+
+def describe_device(info: DeviceInfo | HelloReply) -> str:
+    """'furuta (model id 1, 2 joints, 1 actuator, protocol 1)'."""
+    name = getattr(info, "model_name", None) or robot_model_name(info.model_id)
+    acts = "actuator" if info.actuator_count == 1 else "actuators"
+    return (
+        f"{name} (model id {info.model_id}, {info.joint_count} joints, "
+        f"{info.actuator_count} {acts}, protocol {info.protocol_version})"
+    )
+
+
+class SerialDriver(RobotDriver):
+    """Protocol driver over pyserial; see the module docstring."""
+
+    def __init__(
+        self,
+        robot: RobotConfig,
+        port: str | None = None,
+        *,
+        timeout_s: float | None = None,
+        retries: int | None = None,
+    ) -> None:
+        super().__init__(robot)
+        self.port = port if port is not None else robot.serial.port
+        self.timeout_s = timeout_s if timeout_s is not None else robot.serial.timeout_s
+        self.retries = retries if retries is not None else robot.serial.retries
+        self.info: DeviceInfo | None = None
+        self._transport: Transport | None = None
+        self._n_joints = len(robot.joints)
+        self._n_act = len(robot.actuated_joints)
+        self._last_stamp_us = -1
+
+    # -- RobotDriver ----------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self.info is not None and self._transport is not None
+
+    @property
+    def stats(self) -> TransportStats:
+        """Transport counters: attempts, timeouts, corrupted and stale replies."""
+        if self._transport is None:
+            raise RobotConnectionError("not connected: call connect() first")
+        return self._transport.stats
+
+    def connect(self) -> DeviceInfo:
+        """Open the port, handshake, check the device against the config, set the watchdog."""
+        self.close()
+        port = open_port(self.port, self.robot.serial.baudrate, self.timeout_s)
+        self._transport = Transport(port, timeout_s=self.timeout_s, retries=self.retries)
+        self._last_stamp_us = -1
+        try:
+            self._transport.discard_input()
+            reply = self._transport.request(Hello(PROTOCOL_VERSION))
+            if not isinstance(reply, HelloReply):
+                raise RobotConnectionError(
+                    f"device on '{self.port}' refused the handshake ({_error_text(reply)}); "
+                    f"it does not speak protocol version {PROTOCOL_VERSION}"
+                )
+            self._check_identity(reply)
+            self.info = DeviceInfo(
+                protocol_version=reply.protocol_version,
+                model_id=reply.model_id,
+                model_name=robot_model_name(reply.model_id),
+                joint_count=reply.joint_count,
+                actuator_count=reply.actuator_count,
+                firmware_version=".".join(str(p) for p in reply.firmware_version),
+            )
+            self._ack(SetWatchdog(self.robot.serial.watchdog_ms))
+        except BaseException:
+            self._transport.close()
+            self._transport = None
+            self.info = None
+            raise
+        return self.info
+
+    def enable(self) -> None:
+        self._ack(Enable())
+
+    def disable(self) -> None:
+        self._ack(Disable())
+
+    def send_command(self, command: np.ndarray) -> None:
+        cmd = np.asarray(command, dtype=np.float64).reshape(-1)
+        if cmd.shape[0] != self._n_act or not np.all(np.isfinite(cmd)):
+            raise ValueError(
+                f"command must hold {self._n_act} finite value(s), one per actuated joint "
+                f"{self.robot.actuated_joints}, got {np.asarray(command)!r}"
+            )
+        self._ack(Command(tuple(cmd.tolist())))
+
+    def read_state(self) -> DeviceState:
+        reply = self._request(ReadState())
+        if not isinstance(reply, StateReply):
+            raise RobotConnectionError(f"device refused READ_STATE ({_error_text(reply)})")
+        return self._to_state(reply)
+
+    def estop(self) -> None:
+        self._ack(Estop())
+
+    def clear_fault(self) -> None:
+        self._ack(ClearFault())
+
+    def set_watchdog(self, timeout_ms: int) -> None:
+        if not WATCHDOG_MIN_MS <= timeout_ms <= WATCHDOG_MAX_MS:
+            raise ValueError(
+                f"watchdog timeout must be {WATCHDOG_MIN_MS}..{WATCHDOG_MAX_MS} ms, "
+                f"got {timeout_ms}"
+            )
+        self._ack(SetWatchdog(int(timeout_ms)))
+
+    def close(self) -> None:
+        """Disable torque (best effort, errors ignored) and close the port. Idempotent."""
+        transport, self._transport = self._transport, None
+        if transport is None:
+            return
+        try:
+            if self.info is not None:
+                transport.request(Disable())
+        except RobotConnectionError:
+            pass  # the link is gone; the device watchdog switches torque off
+        finally:
+            self.info = None
+            transport.close()
+
+    # -- internals ------------------------------------------------------------------------
+    def _request(self, msg: Message) -> Message:
+        if self._transport is None:
+            raise RobotConnectionError("not connected: call connect() (or use `with driver:`)")
+        return self._transport.request(msg)
+
+    def _ack(self, msg: Message) -> None:
+        """Send a request whose success reply is ACK; raise on ERROR."""
+        reply = self._request(msg)
+        if isinstance(reply, ErrorReply):
+            self._raise_refusal(msg, reply)
+
+    def _raise_refusal(self, msg: Message, reply: ErrorReply) -> None:
+        name = msg.TYPE.name
+        if reply.code is ErrorCode.ESTOPPED:
+            raise RobotFaultError(
+                f"device refused {name}: the e-stop is latched; call clear_fault(), then "
+                f"enable()",
+                (ESTOP_FAULT,),
+            )
+        if reply.code is ErrorCode.FAULTED:
+            faults = self.read_state().faults
+            raise RobotFaultError(
+                f"device refused {name}: fault(s) latched: {', '.join(faults) or 'unknown'}; "
+                f"remove the cause, call clear_fault(), then enable()",
+                faults,
+            )
+        if reply.code is ErrorCode.NOT_ENABLED:
+            raise RobotFaultError(f"device refused {name}: torque is off; call enable() first")
+        raise RobotConnectionError(
+            f"device refused {name} ({_error_text(reply)}): the device and this host disagree "
+            f"on the protocol or the robot; check the firmware and the robot config"
+        )
+
+    def _check_identity(self, reply: HelloReply) -> None:
+        dev = self.robot.device
+        want = (dev.protocol_version, dev.model_id, self._n_joints, self._n_act)
+        got = (reply.protocol_version, reply.model_id, reply.joint_count, reply.actuator_count)
+        if reply.protocol_version != PROTOCOL_VERSION or got != want:
+            acts = "actuator" if self._n_act == 1 else "actuators"
+            expected = (
+                f"{self.robot.name} (model id {dev.model_id}, {self._n_joints} joints, "
+                f"{self._n_act} {acts}, protocol {dev.protocol_version})"
+            )
+            raise RobotConnectionError(
+                f"device on '{self.port}' is {describe_device(reply)}, firmware "
+                f"'{reply.name}', but the robot config describes {expected} and this host "
+                f"speaks protocol {PROTOCOL_VERSION}. Pass the config of the robot that is "
+                f"connected (--robot), or the port of the right robot (--port)."
+            )
+
+    def _to_state(self, reply: StateReply) -> DeviceState:
+        host_time = time.monotonic()
+        if len(reply.position) != self._n_joints:
+            raise RobotConnectionError(
+                f"device reported {len(reply.position)} joints, the config has {self._n_joints}"
+            )
+        if reply.timestamp_us < self._last_stamp_us:
+            raise RobotConnectionError(
+                f"device clock went backwards ({self._last_stamp_us} -> {reply.timestamp_us} "
+                f"us): the device restarted; reconnect and re-home"
+            )
+        self._last_stamp_us = reply.timestamp_us
+        return DeviceState(
+            device_time_s=reply.timestamp_us * 1e-6,
+            host_time_s=host_time,
+            positions=np.array(reply.position),
+            velocities=np.array(reply.velocity),
+            currents=None if reply.current is None else np.array(reply.current),
+            temperatures=None if reply.temperature is None else np.array(reply.temperature),
+            enabled=reply.enabled,
+            estopped=reply.estopped,
+            faults=tuple(reply.fault_names),
+        )
+
+
+def _error_text(reply: Message) -> str:
+    if isinstance(reply, ErrorReply):
+        return f"ERROR {reply.code.name}"
+    return f"unexpected {reply.TYPE.name}"

@@ -1,0 +1,196 @@
+"""Transport: one request, one reply, over a pyserial port (docs/protocol.md section 5).
+
+`open_port(url, ...)` opens anything `serial.serial_for_url` understands: a device path
+(`/dev/ttyUSB0`, `COM3`), a pseudo-terminal path (the device emulator), `socket://host:port`,
+`loop://`. A port that cannot be opened raises `RobotConnectionError` listing the ports that
+do exist and how to fix the usual causes.
+
+`Transport.request(msg)` sends one request and returns its reply (the expected reply type or
+an `ErrorReply`). Each transmission gets a new sequence number; a reply with another sequence
+number (a late reply to an abandoned attempt, an out-of-order frame) is discarded and counted,
+never returned. A timeout or a corrupted reply (bad header check / CRC) costs one attempt;
+after `retries` re-sends `RobotConnectionError` says what went wrong. Timing: each attempt
+waits about `timeout_s` for its reply to start (at most twice that in total when a reply
+stalls half-way), so a silent device is reported after about `timeout_s * (retries + 1)`.
+
+Per-request cost is kept low for a 250 Hz loop: the port object and the frame decoder live as
+long as the transport, and a reply is read as its 8-byte header followed by exactly the
+payload length it announces (one `read` each); only after garbage does it read byte-wise.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import serial
+import serial.tools.list_ports
+
+from hardware.driver import RobotConnectionError
+from hardware.protocol import (
+    CRC_SIZE,
+    HEADER_SIZE,
+    REPLY_TYPE,
+    SYNC,
+    FrameDecoder,
+    Message,
+    MsgType,
+    Undecodable,
+    encode,
+    next_seq,
+)
+
+PORT_HELP = (
+    "Fix: check the USB cable and that the robot is powered; pass the right port with --port "
+    "(or set serial.port in the robot config); on Linux a 'Permission denied' means your user "
+    "is not in the dialout group (sudo usermod -aG dialout $USER, then log in again); "
+    "'busy' or 'lock' means another program holds the port."
+)
+
+
+def available_ports() -> list[str]:
+    """Serial ports present on this machine, as 'device (description)'."""
+    ports = []
+    for info in sorted(serial.tools.list_ports.comports(), key=lambda p: p.device):
+        desc = info.description if info.description and info.description != "n/a" else ""
+        ports.append(f"{info.device} ({desc})" if desc else info.device)
+    return ports
+
+
+def open_port(url: str, baudrate: int, timeout_s: float) -> serial.SerialBase:
+    """Open `url` (device path, pty path, `socket://`, `loop://`) with a read timeout."""
+    try:
+        # No write timeout: without flow control a port drains at the baud rate, and
+        # pyserial's write timeout also fires when this process is merely descheduled.
+        return serial.serial_for_url(url, baudrate=baudrate, timeout=timeout_s, exclusive=True)
+    except (serial.SerialException, OSError, ValueError) as err:
+        ports = available_ports()
+        found = ", ".join(ports) if ports else "none"
+        raise RobotConnectionError(
+            f"cannot open serial port '{url}': {err}. Ports found on this machine: {found}. "
+            f"{PORT_HELP}"
+        ) from None
+
+
+@dataclass
+class TransportStats:
+    """Counters since the transport was made (diagnostics; cheap to keep)."""
+
+    requests: int = 0  # request() calls
+    attempts: int = 0  # frames transmitted (requests + retries)
+    timeouts: int = 0  # attempts with no valid reply in time
+    corrupted: int = 0  # attempts abandoned on a bad header check / CRC
+    stale: int = 0  # valid frames discarded for a wrong sequence number
+    unexpected: int = 0  # valid frames of the right seq but an unexpected type / undecodable
+
+
+class Transport:
+    """Request/reply over an open port with sequence numbers, timeouts and bounded retries."""
+
+    def __init__(self, port: serial.SerialBase, *, timeout_s: float, retries: int) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.port = port
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.stats = TransportStats()
+        self._decoder = FrameDecoder()
+        self._seq = 0xFFFF  # the first request goes out with seq 0
+
+    @property
+    def name(self) -> str:
+        """The port's name or URL."""
+        return str(self.port.port)
+
+    def discard_input(self) -> None:
+        """Drop whatever the device sent that nobody asked for (e.g. before a handshake)."""
+        try:
+            self.port.reset_input_buffer()
+        except (serial.SerialException, OSError) as err:
+            raise self._lost(err) from None
+        self._decoder.reset()
+
+    def request(self, msg: Message) -> Message:
+        """Send `msg`; return its reply (expected type or `ErrorReply`); retry on failure."""
+        expected = REPLY_TYPE[msg.TYPE]
+        stats = self.stats
+        stats.requests += 1
+        timeouts = corrupted = 0
+        for _ in range(self.retries + 1):
+            self._seq = seq = next_seq(self._seq)
+            self._decoder.reset()
+            self._write(encode(msg, seq))
+            stats.attempts += 1
+            reply = self._await_reply(seq, expected)
+            if isinstance(reply, Message):
+                return reply
+            if reply == "corrupted":
+                corrupted += 1
+                stats.corrupted += 1
+            else:
+                timeouts += 1
+                stats.timeouts += 1
+        raise RobotConnectionError(
+            f"no valid reply to {msg.TYPE.name} from the device on '{self.name}' after "
+            f"{self.retries + 1} attempt(s) ({timeouts} timed out after {self.timeout_s * 1e3:.0f}"
+            f" ms, {corrupted} corrupted). Check that the device is powered and running its "
+            f"firmware (or that the emulator is running), the port and the baud rate "
+            f"({self.port.baudrate})."
+        )
+
+    def close(self) -> None:
+        """Close the port (idempotent)."""
+        self.port.close()
+
+    # -- internals ------------------------------------------------------------------------
+    def _lost(self, err: BaseException) -> RobotConnectionError:
+        return RobotConnectionError(
+            f"lost the connection to the device on '{self.name}': {err}. The device was "
+            f"unplugged, powered off or crashed; reconnect it and start again."
+        )
+
+    def _write(self, frame: bytes) -> None:
+        try:
+            self.port.write(frame)
+        except (serial.SerialException, OSError) as err:
+            raise self._lost(err) from None
+
+    def _read(self, n: int) -> bytes:
+        try:
+            return self.port.read(n)
+        except (serial.SerialException, OSError) as err:
+            raise self._lost(err) from None
+
+    def _await_reply(self, seq: int, expected: MsgType) -> Message | str:
+        """The reply to `seq`, or "timeout" / "corrupted" (then the caller retries)."""
+        decoder, stats = self._decoder, self.stats
+        bad_before = decoder.stats.bad_crc + decoder.stats.bad_header
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            if decoder.buffered == 0:
+                data = self._read(HEADER_SIZE)
+                frames = decoder.feed(data)
+                if decoder.buffered == HEADER_SIZE and data[:2] == SYNC:
+                    # A plausible header: read exactly the rest of its frame.
+                    rest = (data[2] | data[3] << 8) + CRC_SIZE
+                    data = self._read(rest)
+                    frames = decoder.feed(data)
+            else:
+                data = self._read(max(1, self.port.in_waiting))
+                frames = decoder.feed(data)
+            for frame in frames:
+                msg = frame.msg
+                if frame.seq != seq:
+                    stats.stale += 1
+                elif isinstance(msg, Undecodable) or (
+                    msg.TYPE is not expected and msg.TYPE is not MsgType.ERROR
+                ):
+                    stats.unexpected += 1
+                else:
+                    return msg
+            if decoder.stats.bad_crc + decoder.stats.bad_header != bad_before:
+                return "corrupted"
+            if not data or time.monotonic() > deadline:
+                return "timeout"

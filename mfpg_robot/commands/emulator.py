@@ -1,0 +1,54 @@
+"""`mfpg-robot emulator --robot CONFIG`: the device emulator on a pseudo-terminal.
+
+Prints `port: <path>` as its first line, then serves the robot's protocol there until Ctrl+C
+or SIGTERM (torque off, exit 0). See `hardware.emulator` for the fault injection options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sim.robot_config import ConfigError, load_robot_config
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "emulator",
+        help="emulate the robot's firmware on a pseudo-terminal (dry runs, no robot)",
+        description="Open a pseudo-terminal, print 'port: PATH' first, and behave like the "
+        "robot's firmware there (twin physics in real time, watchdog, limits, faults).",
+    )
+    p.add_argument("--robot", required=True, help="configs/robots/NAME.yaml, or a robot name")
+    p.add_argument("--drop-rate", type=float, default=0.0, help="probability a reply is lost")
+    p.add_argument("--corrupt-rate", type=float, default=0.0,
+                   help="probability a reply has one corrupted byte")
+    p.add_argument("--delay-rate", type=float, default=0.0,
+                   help="probability a reply is held back by --delay-ms")
+    p.add_argument("--delay-ms", type=float, default=0.0, help="delay of a delayed reply (ms)")
+    p.add_argument("--disconnect-after", type=float, default=None, metavar="S",
+                   help="close the port after S seconds (an unplugged cable)")
+    p.add_argument("--overtemp-after", type=float, default=None, metavar="S",
+                   help="motors overheat past the limit after S seconds")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hardware.emulator import FaultInjection, run_emulator  # MuJoCo: only when used
+
+    try:
+        robot = load_robot_config(args.robot)
+        faults = FaultInjection(
+            drop_rate=args.drop_rate,
+            corrupt_rate=args.corrupt_rate,
+            delay_rate=args.delay_rate,
+            delay_ms=args.delay_ms,
+            disconnect_after_s=args.disconnect_after,
+            overtemp_after_s=args.overtemp_after,
+            seed=args.seed,
+        )
+    except (ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return run_emulator(robot, faults, sys.stdout)
