@@ -176,13 +176,14 @@ class Emulator:
 def run_emulator(robot: RobotConfig, faults: FaultInjection, out: TextIO) -> int:
     """The `mfpg-robot emulator` process: print the port first, serve until a signal."""
     emulator = Emulator(robot, faults)
-    print(f"port: {emulator.port}", file=out, flush=True)
 
     def log(line: str) -> None:
         print(line, file=out, flush=True)
 
+    # Handlers first: whoever reads the port line may signal at once.
     previous = {s: signal.signal(s, lambda *_: emulator.stop()) for s in _STOP_SIGNALS}
     try:
+        log(f"port: {emulator.port}")
         log(
             f"emulating {robot.name} ({robot.control_rate_hz:g} Hz, twin model), "
             f"faults injected: {faults.describe()}; stop with Ctrl+C"

@@ -56,7 +56,7 @@ ESTOP_FAULT = "ESTOP"  # name reported in RobotFaultError.faults while the e-sto
 
 def describe_device(info: DeviceInfo | HelloReply) -> str:
     """'furuta (model id 1, 2 joints, 1 actuator, protocol 1)'."""
-    name = getattr(info, "model_name", None) or robot_model_name(info.model_id)
+    name = robot_model_name(info.model_id)
     acts = "actuator" if info.actuator_count == 1 else "actuators"
     return (
         f"{name} (model id {info.model_id}, {info.joint_count} joints, "
@@ -98,7 +98,10 @@ class SerialDriver(RobotDriver):
         return self._transport.stats
 
     def connect(self) -> DeviceInfo:
-        """Open the port, handshake, check the device against the config, set the watchdog."""
+        """Open the port, handshake, check the device against the config, set the watchdog.
+
+        On a connected driver this first closes the link (torque off), then reconnects.
+        """
         self.close()
         port = open_port(self.port, self.robot.serial.baudrate, self.timeout_s)
         self._transport = Transport(port, timeout_s=self.timeout_s, retries=self.retries)

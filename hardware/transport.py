@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import serial
 import serial.tools.list_ports
@@ -163,7 +164,9 @@ class Transport:
         except (serial.SerialException, OSError) as err:
             raise self._lost(err) from None
 
-    def _await_reply(self, seq: int, expected: MsgType) -> Message | str:
+    def _await_reply(
+        self, seq: int, expected: MsgType
+    ) -> Message | Literal["timeout", "corrupted"]:
         """The reply to `seq`, or "timeout" / "corrupted" (then the caller retries)."""
         decoder, stats = self._decoder, self.stats
         bad_before = decoder.stats.bad_crc + decoder.stats.bad_header
