@@ -220,7 +220,7 @@ class NesterovAccelerator(Accelerator):
 
     def step(self, closure: Closure) -> Tensor:
         loss = _call(closure)
-        value = float(loss)
+        value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
         if self.restart and self._prev_loss is not None and value > self._prev_loss:
             self.restarts += 1
             self._k = 0
@@ -244,15 +244,18 @@ class MetaAccelerator(Accelerator):
     """Optimistic step whose step size eta and optimism lambda adapt by hypergradients.
 
     Update: theta_{t+1} = theta_t + u_t,  u_t = Opt_eta(g_t + lambda (g_t - g_{t-1})),
-    where Opt_eta runs the wrapped optimizer with every group's lr scaled by s = eta / lr.
-    u_t is linear in eta (SGD and Adam), so the one-step hypergradients of the loss are
+    where Opt_eta runs the wrapped optimizer with every group's lr multiplied by a factor
+    s (eta = s * lr of the first group). u_t is linear in eta (SGD and Adam), so the
+    one-step hypergradients of the loss are
         dL(theta_{t+1}) / d log eta = g_{t+1} . u_t,
         dL(theta_{t+1}) / d lambda  = -eta g_{t+1} . (g_t - g_{t-1})   (exact for SGD).
     Each is normalised to a cosine (scale-free, in [-1, 1]) and followed by descent:
-        log eta -= meta_lr cos(g_{t+1}, u_t),   lambda += meta_lr cos(g_{t+1}, g_t - g_{t-1}),
-    then eta is clipped to [eta_min, eta_max] and lambda to [lambda_min, lambda_max].
+        log s -= meta_lr cos(g_{t+1}, u_t),   lambda += meta_lr cos(g_{t+1}, g_t - g_{t-1}),
+    then lambda is clipped to [lambda_min, lambda_max] and s to [eta_min, eta_max] / lr0,
+    lr0 the optimizer's lr at construction: without an lr schedule eta stays within
+    [eta_min, eta_max]; a schedule the trainer sets on the optimizer scales the bounds too.
     Config: `meta_lr` (0.1), `optimism` initial lambda (0.0), `lambda_min` (0.0),
-    `lambda_max` (1.0), `eta_min` / `eta_max` (defaults 0.1x / 10x the initial lr).
+    `lambda_max` (1.0), `eta_min` / `eta_max` (defaults 0.1 lr0 / 10 lr0).
     """
 
     name = "meta"
@@ -266,8 +269,7 @@ class MetaAccelerator(Accelerator):
     }
 
     def _configure(self, cfg: dict[str, Any]) -> None:
-        self._scale = 1.0
-        lr0 = self._eta()
+        lr0 = float(self.optimizer.param_groups[0]["lr"])
         if not lr0 > 0.0:
             raise ValueError(f"meta accelerator needs an optimizer lr > 0, got {lr0}")
         self.meta_lr = _check_number("meta_lr", cfg["meta_lr"], 0.0, 10.0, open_low=True)
@@ -278,7 +280,8 @@ class MetaAccelerator(Accelerator):
         self.lambda_min = _check_number("lambda_min", cfg["lambda_min"], 0.0, 1e3)
         self.lambda_max = _check_number("lambda_max", cfg["lambda_max"], self.lambda_min, 1e3)
         self.optimism = _check_number("optimism", cfg["optimism"], self.lambda_min, self.lambda_max)
-        self._scale = min(max(1.0, self.eta_min / lr0), self.eta_max / lr0)
+        self._scale_bounds = (self.eta_min / lr0, self.eta_max / lr0)
+        self._scale = min(max(1.0, self._scale_bounds[0]), self._scale_bounds[1])
         self._prev_grad: list[Tensor] | None = None
         self._prev_update: list[Tensor] | None = None
         self._prev_diff: list[Tensor] | None = None
@@ -286,17 +289,18 @@ class MetaAccelerator(Accelerator):
     def step(self, closure: Closure) -> Tensor:
         loss = _call(closure)
         g = _grads(self.params)
-        if self._prev_update is not None:
-            self._scale *= math.exp(-self.meta_lr * _cosine(g, self._prev_update))
+        if self._prev_update is not None and self._prev_diff is not None:
+            log_scale = math.log(self._scale) - self.meta_lr * _cosine(g, self._prev_update)
+            self._scale = min(
+                max(math.exp(log_scale), self._scale_bounds[0]), self._scale_bounds[1]
+            )
             lam = self.optimism + self.meta_lr * _cosine(g, self._prev_diff)
             self.optimism = min(max(lam, self.lambda_min), self.lambda_max)
-        base = [group["lr"] for group in self.optimizer.param_groups]
-        if base[0] > 0:  # keep eta = base[0] * scale inside the bounds for the current base lr
-            self._scale = min(max(self._scale, self.eta_min / base[0]), self.eta_max / base[0])
         prev = g if self._prev_grad is None else self._prev_grad
         diff = [gi - pi for gi, pi in zip(g, prev, strict=True)]
         _set_grads(self.params, [gi + self.optimism * di for gi, di in zip(g, diff, strict=True)])
         start = _snapshot(self.params)
+        base = [group["lr"] for group in self.optimizer.param_groups]
         for group, lr in zip(self.optimizer.param_groups, base, strict=True):
             group["lr"] = lr * self._scale
         try:

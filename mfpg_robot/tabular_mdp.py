@@ -154,9 +154,10 @@ def exact_gradient_closure(mdp: TabularMDP, theta: Tensor) -> Callable[[], Tenso
     def closure() -> Tensor:
         with torch.no_grad():
             pi = softmax_policy(theta)
-            v = policy_value(mdp, pi)
+            m = _transition_matrix(mdp, pi)
+            v = torch.linalg.solve(m, (pi * mdp.rewards).sum(-1))
+            d = (1.0 - mdp.gamma) * torch.linalg.solve(m.T, mdp.rho)
             adv = q_values(mdp, v) - v[:, None]
-            d = discounted_state_distribution(mdp, pi)
             theta.grad = -(d[:, None] * pi * adv / (1.0 - mdp.gamma))
             return -(mdp.rho @ v)
 
@@ -166,25 +167,26 @@ def exact_gradient_closure(mdp: TabularMDP, theta: Tensor) -> Callable[[], Tenso
 def iterations_to_gap(
     mdp: TabularMDP,
     theta: Tensor,
-    step: Callable[[Callable[[], Tensor]], object],
+    step: Callable[[Callable[[], Tensor]], Tensor],
     tols: Iterable[float],
     max_iters: int,
 ) -> dict[float, int | None]:
-    """Steps of `step(closure)` until V*(rho) - V(rho) < tol, for each tol (None: cap hit).
+    """Steps taken until V*(rho) - V(rho) < tol, for each tol (None: not within `max_iters`).
 
-    The gap is measured at `theta` after every step (step 0: the initial parameters).
+    `step(closure)` (e.g. `Accelerator.step`) must evaluate the closure at the current
+    `theta` first and return that loss, as the accelerators do: the gap after t steps is
+    read from the loss returned by step t + 1.
     """
     pending = sorted(set(tols), reverse=True)
     if not pending or pending[-1] <= 0:
         raise ValueError(f"tols must be a non-empty set of positive numbers, got {pending}")
+    if max_iters < 0:
+        raise ValueError(f"max_iters must be >= 0, got {max_iters}")
     v_star = float(mdp.rho @ optimal_value(mdp))
     closure = exact_gradient_closure(mdp, theta)
     hits: dict[float, int | None] = dict.fromkeys(pending)
     for it in range(max_iters + 1):
-        if it > 0:
-            step(closure)
-        with torch.no_grad():
-            gap = v_star - float(objective(mdp, theta))
+        gap = v_star + float(step(closure))
         while pending and gap < pending[0]:
             hits[pending.pop(0)] = it
         if not pending:
