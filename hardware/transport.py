@@ -15,7 +15,8 @@ stalls half-way), so a silent device is reported after about `timeout_s * (retri
 
 Per-request cost is kept low for a 250 Hz loop: the port object and the frame decoder live as
 long as the transport, and a reply is read as its 8-byte header followed by exactly the
-payload length it announces (one `read` each); only after garbage does it read byte-wise.
+payload length it announces; once a reply type's size is known, a reply takes one `read`.
+Only after garbage does it read what is waiting.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from hardware.protocol import (
     CRC_SIZE,
     HEADER_SIZE,
     REPLY_TYPE,
-    SYNC,
     FrameDecoder,
     Message,
     MsgType,
@@ -99,6 +99,7 @@ class Transport:
         self.stats = TransportStats()
         self._decoder = FrameDecoder()
         self._seq = 0xFFFF  # the first request goes out with seq 0
+        self._reply_size: dict[MsgType, int] = {}  # frame size of the last reply per type
 
     @property
     def name(self) -> str:
@@ -167,18 +168,28 @@ class Transport:
     def _await_reply(
         self, seq: int, expected: MsgType
     ) -> Message | Literal["timeout", "corrupted"]:
-        """The reply to `seq`, or "timeout" / "corrupted" (then the caller retries)."""
+        """The reply to `seq`, or "timeout" / "corrupted" (then the caller retries).
+
+        Fast path: one read of the size the last reply of this type had (learned); else a
+        read of the 8-byte header and one of the rest of its frame. After garbage, or bytes
+        left over from another frame, it reads what is waiting (at least 1 byte).
+        """
         decoder, stats = self._decoder, self.stats
         bad_before = decoder.stats.bad_crc + decoder.stats.bad_header
         deadline = time.monotonic() + self.timeout_s
+        first = self._reply_size.get(expected, HEADER_SIZE)
         while True:
+            size = 0  # frame size announced by a header read below
             if decoder.buffered == 0:
-                data = self._read(HEADER_SIZE)
+                data = self._read(first)
+                if len(data) < first:
+                    self._reply_size.pop(expected, None)  # a guess too big would cost a timeout
+                first = HEADER_SIZE
                 frames = decoder.feed(data)
-                if decoder.buffered == HEADER_SIZE and data[:2] == SYNC:
-                    # A plausible header: read exactly the rest of its frame.
-                    rest = (data[2] | data[3] << 8) + CRC_SIZE
-                    data = self._read(rest)
+                if not frames and decoder.buffered == len(data) >= HEADER_SIZE:
+                    # A plausible header (it survived the header check): read its frame's rest.
+                    size = (data[2] | data[3] << 8) + HEADER_SIZE + CRC_SIZE
+                    data = self._read(size - decoder.buffered)
                     frames = decoder.feed(data)
             else:
                 data = self._read(max(1, self.port.in_waiting))
@@ -192,6 +203,8 @@ class Transport:
                 ):
                     stats.unexpected += 1
                 else:
+                    if size and msg.TYPE is expected and len(frames) == 1:
+                        self._reply_size[expected] = size
                     return msg
             if decoder.stats.bad_crc + decoder.stats.bad_header != bad_before:
                 return "corrupted"

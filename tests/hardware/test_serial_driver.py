@@ -178,6 +178,29 @@ def test_corrupted_reply_is_retried_at_once(furuta: RobotConfig, fake: FakeDevic
     drv.close()
 
 
+def test_a_reply_shorter_than_the_learned_size_costs_one_timeout_not_an_error(
+    furuta: RobotConfig, fake: FakeDevice
+) -> None:
+    def replies(f: Frame, n: int) -> list[bytes]:
+        if n <= 2:
+            return [encode(state(1.0), f.seq)]
+        # the same state without the current array: 4 bytes shorter than learned
+        return [encode(StateReply(1000 + n, StatusFlag(0), FaultFlag(0), (2.0, 0.0),
+                                  (0.0, 0.0), None, (25.0,)), f.seq)]
+
+    fake.on_read_state = replies
+    drv = connected(furuta, fake.port, timeout_s=0.3)
+    durations = []
+    for _ in range(5):
+        t0 = time.monotonic()
+        drv.read_state()
+        durations.append(time.monotonic() - t0)
+    assert durations[2] >= 0.25  # read the old size: waited for the timeout...
+    assert max(durations[3:]) < 0.25  # ...then relearned the new one
+    assert drv.stats.timeouts == 0 and drv.stats.attempts == drv.stats.requests
+    drv.close()
+
+
 def test_repeated_bad_crc_raises_connection_error(furuta: RobotConfig, fake: FakeDevice) -> None:
     fake.on_read_state = lambda f, n: [corrupt(encode(state(9.0), f.seq))]
     drv = connected(furuta, fake.port, retries=2)
@@ -278,6 +301,14 @@ def test_missing_port_lists_the_ports_that_exist(
     for part in ("/dev/ttyUSB_not_there", "/dev/ttyACM7 (QUBE-Servo 2)", "/dev/ttyS0",
                  "--port", "dialout", "cable"):
         assert part in message
+
+
+def test_a_port_in_use_by_another_driver_is_refused(furuta: RobotConfig, fake: FakeDevice) -> None:
+    first = connected(furuta, fake.port)
+    with pytest.raises(RobotConnectionError, match="lock"):
+        SerialDriver(furuta, port=fake.port).connect()
+    first.close()
+    connected(furuta, fake.port).close()  # free again once closed
 
 
 def test_bad_commands_are_refused_before_sending(furuta: RobotConfig, fake: FakeDevice) -> None:
