@@ -20,7 +20,7 @@ OVER_TEMPERATURE (above `safety.max_temperature_c` + `DEVICE_TEMP_MARGIN_C`, the
 limit as `MockDriver`).
 
 Current and temperature: for a voltage-driven motor (furuta) current = motor torque / kt,
-with kt read off the twin's DC-motor actuator (gain kt/R, bias -kt km/R, kt = km), and the
+with kt and R read off the twin's DC-motor actuator (`Twin.motor_constants`), and the
 winding temperature follows a first-order I^2 R model (`Thermal`). Servos report a constant
 temperature. `inject_overtemperature()` adds a heat offset that puts the motors past the limit
 for good (a fault that re-latches after CLEAR_FAULT, as a motor still too hot does).
@@ -69,7 +69,6 @@ OVERTEMP_INJECTION_C = 20.0  # injected heat: this far past the host's limit
 class Thermal:
     """First-order winding temperature: C dT/dt = I^2 R - (T - ambient) / R_th."""
 
-    resistance_ohm: float = 8.4  # QUBE-Servo 2 armature resistance
     thermal_resistance: float = 30.0  # K/W
     capacity: float = 10.0  # J/K (time constant 300 s)
     ambient_c: float = 25.0
@@ -87,7 +86,13 @@ class Twin:
         self.robot = robot
         self.model = mujoco.MjModel.from_xml_path(str(robot.model_path("twin")))
         self.data = mujoco.MjData(self.model)
-        self.n_substeps = max(1, int(round(robot.control_dt / self.model.opt.timestep)))
+        ratio = robot.control_dt / self.model.opt.timestep
+        self.n_substeps = int(round(ratio))
+        if self.n_substeps < 1 or abs(ratio - self.n_substeps) > 1e-6:
+            raise ValueError(
+                f"{robot.models['twin']}: control period {robot.control_dt} s is not a whole "
+                f"number of timesteps ({self.model.opt.timestep} s)"
+            )
         ids = [self._id(mujoco.mjtObj.mjOBJ_JOINT, n) for n in robot.joint_names]
         self.qadr = self.model.jnt_qposadr[ids]
         self.vadr = self.model.jnt_dofadr[ids]
@@ -133,14 +138,19 @@ class Twin:
         mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
         self.q_meas, self.v_meas = self.sensor.measure(*self.true_state())
 
-    def motor_torque_constant(self) -> float | None:
-        """kt of a DC-motor actuator (affine velocity bias), or None for other actuators."""
+    def motor_constants(self) -> tuple[float, float] | None:
+        """(kt in N m/A, R in ohm) of a voltage-driven DC-motor actuator, else None.
+
+        Such an actuator has torque = (kt/R) V - (kt km/R) w, i.e. gain kt/R and an affine
+        velocity bias -kt km/R; with kt = km (SI units) both follow from gain and bias.
+        """
         aid = self.act_ids[0]
-        gain = self.model.actuator_gainprm[aid, 0]
-        bias = self.model.actuator_biasprm[aid, 2]
+        gain = float(self.model.actuator_gainprm[aid, 0])
+        bias = float(self.model.actuator_biasprm[aid, 2])
         if self.model.actuator_biastype[aid] != mujoco.mjtBias.mjBIAS_AFFINE or bias >= 0:
             return None
-        return float(-bias / gain)
+        kt = -bias / gain
+        return kt, kt / gain
 
 
 class DeviceModel:
@@ -153,12 +163,13 @@ class DeviceModel:
         self.lower, self.upper = command_bounds(robot)
         self.n_act = len(robot.actuated_joints)
         self.thermal = thermal or Thermal()
-        self.kt = self.twin.motor_torque_constant() if robot.device.has_current else None
-        if robot.device.has_current and self.kt is None:
+        motor = self.twin.motor_constants() if robot.device.has_current else None
+        if robot.device.has_current and motor is None:
             raise ValueError(
                 f"robot '{robot.name}' reports motor current but its twin's actuators are not "
                 f"DC motors (affine velocity bias) to compute it from"
             )
+        self.motor = motor
         self.temp_limit_c = robot.safety.max_temperature_c + DEVICE_TEMP_MARGIN_C
         self.current_limit_a = robot.safety.max_current_a
         self.enabled = False
@@ -278,10 +289,11 @@ class DeviceModel:
 
     def _update_motor(self) -> None:
         th = self.thermal
-        if self.kt is not None:
+        if self.motor is not None:
+            kt, resistance = self.motor
             torque = self.twin.data.actuator_force[self.twin.act_ids]
-            self.current = torque / self.kt if self.enabled else np.zeros(self.n_act)
-            heat = self.current**2 * th.resistance_ohm
+            self.current = torque / kt if self.enabled else np.zeros(self.n_act)
+            heat = self.current**2 * resistance
             cool = (self.temperature - th.ambient_c - self.heat_offset_c) / th.thermal_resistance
             dt = self.robot.control_dt
             self.temperature = self.temperature + dt * (heat - cool) / th.capacity
