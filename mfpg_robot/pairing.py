@@ -1,0 +1,314 @@
+"""HF/LF pairing: the low-fidelity samples that form the control variate of an HF rollout.
+
+Two modes (`lf.pairing`), both simulated with the batched LF collector (`sim.batched`):
+
+`episode` (the paper's, arXiv 2503.05696). For every HF episode that starts inside the
+rollout, an LF copy starts from the episode's measured start state and replays the HF noise
+`eps` with the policy acting on the LF observations (`a_LF = mu(s_LF) + sigma * eps`); once
+the LF episode outlasts its HF partner it continues with fresh noise. Pairs (for the
+covariance) are the steps both episodes reached, i.e. trimmed to the shorter one. The LF
+episode runs for a horizon fixed by where the HF episode started in the rollout (the rows
+left, capped by the time limit), never by how the HF episode went, so a paired LF episode
+is distributed exactly like an LF episode from a random start: the reference pool is
+`pool_per_hf` such episodes per paired one, from starts drawn like the HF starts and with
+independent noise. (A pool whose starts are distributed differently biases the estimate.)
+Rows of an episode that began in an earlier rollout are left unpaired.
+
+`synced` (ours). From every HF row's measured state s_t, a k-step LF segment replays
+eps_t..eps_{t+k-1} (fresh noise past the HF episode's end), so its first action is the HF
+action; M more segments from the same s_t with fresh noise give the reference. The sample
+of a segment is its first step, with the advantage bootstrapped by the LF critic at the
+segment's end. Given s_t, paired and reference segments are identically distributed, so the
+correction is unbiased for any start-state distribution and any c.
+
+Advantages use GAE over each LF rollout (episode or segment) with the LF critic, LF rewards
+scaled like the HF ones (`reward_fn`), and the shared observation normalisation (the policy's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from mfpg_robot.buffer import RolloutBuffer, gaussian_logprob
+from mfpg_robot.policy import GaussianPolicy
+from sim.batched import BatchedCollector, BatchRollout
+from sim.tasks.base import TaskState
+
+ValueFn = Callable[[np.ndarray], np.ndarray]
+RewardFn = Callable[[np.ndarray], np.ndarray]
+StartSampler = Callable[[int, np.random.Generator], tuple[np.ndarray, np.ndarray, TaskState]]
+
+
+@dataclass
+class LFPart:
+    """LF policy samples: one row per (state, action) the surrogate is evaluated on."""
+
+    obs: np.ndarray  # (n, obs_dim) float32, raw LF observations
+    actions: np.ndarray  # (n, act_dim) float32, mu(obs) + sigma * eps
+    logprobs: np.ndarray  # (n,) float64, log-prob under the sampling policy
+    advantages: np.ndarray  # (n,) float64, GAE with the LF critic
+    returns: np.ndarray  # (n,) float64, LF critic targets (advantages + values)
+    anchor: np.ndarray  # (n,) int, HF row whose minibatch this sample joins; -1: none
+
+    def __len__(self) -> int:
+        return self.obs.shape[0]
+
+    def take(self, idx: np.ndarray) -> LFPart:
+        return LFPart(self.obs[idx], self.actions[idx], self.logprobs[idx],
+                      self.advantages[idx], self.returns[idx], self.anchor[idx])
+
+
+@dataclass
+class LFSamples:
+    """The LF side of one HF rollout.
+
+    `paired[j]` is the HF row `partner[j]` replayed in LF (`partner[j] = -1`: an LF step with
+    no HF partner, e.g. past the HF episode's end; it still belongs to the paired mean).
+    `ref`: reference samples; `ref.anchor[j]` is the HF row whose state they start from
+    (synced) or -1 (episode pool, independent of the HF rollout).
+    """
+
+    mode: str
+    paired: LFPart
+    partner: np.ndarray
+    ref: LFPart
+    lf_steps: int  # LF control steps simulated
+    rollout_returns: np.ndarray  # raw undiscounted returns of the paired LF rollouts
+    rollout_lengths: np.ndarray
+
+    @property
+    def n_pairs(self) -> int:
+        return int((self.partner >= 0).sum())
+
+
+class Pairing(Protocol):
+    def collect(
+        self, buffer: RolloutBuffer, policy: GaussianPolicy, value_fn: ValueFn,
+        reward_fn: RewardFn, rng: np.random.Generator,
+    ) -> LFSamples: ...
+
+
+def rollout_gae(
+    rewards: np.ndarray, values: np.ndarray, terminated: np.ndarray, valid: np.ndarray,
+    gamma: float, gae_lambda: float,
+) -> np.ndarray:
+    """GAE for N rollouts of up to H steps, vectorised over N.
+
+    `rewards`, `terminated`, `valid` are (N, H); `valid[i]` is a prefix (steps taken before the
+    rollout ended or was cut); `values` (N, H + 1) holds V of every observation. A rollout cut
+    while alive is bootstrapped with the value of the observation after its last valid step.
+    Returns (N, H) advantages, 0 on invalid steps.
+    """
+    n, h = rewards.shape
+    next_v = np.where(terminated, 0.0, values[:, 1:])
+    deltas = np.where(valid, rewards + gamma * next_v - values[:, :-1], 0.0)
+    adv = np.zeros((n, h))
+    last = np.zeros(n)
+    for t in range(h - 1, -1, -1):
+        cont = valid[:, t + 1] if t + 1 < h else np.zeros(n, dtype=bool)
+        last = deltas[:, t] + gamma * gae_lambda * np.where(cont, last, 0.0)
+        adv[:, t] = np.where(valid[:, t], last, 0.0)
+    return adv
+
+
+def _run_chunked(
+    collector: BatchedCollector, policy: GaussianPolicy, q0: np.ndarray, v0: np.ndarray,
+    task: TaskState, eps: np.ndarray,
+) -> BatchRollout:
+    """Roll out copies i with actions mu(obs) + sigma * eps[i, t], in chunks of `n_envs`."""
+    std = policy.std().detach().numpy().astype(np.float64)
+    horizon = eps.shape[1]
+    parts = []
+    for lo in range(0, q0.shape[0], collector.n_envs):
+        sl = slice(lo, lo + collector.n_envs)
+        e = eps[sl]
+
+        def act(obs: np.ndarray, t: int, e: np.ndarray = e) -> np.ndarray:
+            with torch.no_grad():
+                mu = policy.mean(torch.as_tensor(obs)).double().numpy()
+            return mu + std * e[:, t]
+
+        chunk_task = {k: val[sl] for k, val in task.items()}
+        parts.append(collector.run(q0[sl], v0[sl], chunk_task, horizon, act))
+    if len(parts) == 1:
+        return parts[0]
+    cat = {f: np.concatenate([getattr(p, f) for p in parts]) for f in
+           ("obs", "actions", "rewards", "terminated", "alive", "q", "v")}
+    return BatchRollout(**cat)
+
+
+def _evaluate(
+    out: BatchRollout, valid: np.ndarray, value_fn: ValueFn, reward_fn: RewardFn,
+    gamma: float, gae_lambda: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Advantages and value targets (N, H) of a batch rollout restricted to `valid`."""
+    n, h = valid.shape
+    values = value_fn(out.obs[:, : h + 1].reshape(n * (h + 1), -1)).reshape(n, h + 1)
+    rewards = np.where(valid, reward_fn(out.rewards[:, :h]), 0.0)
+    adv = rollout_gae(rewards, values, out.terminated[:, :h] & valid, valid, gamma, gae_lambda)
+    return adv, adv + values[:, :h]
+
+
+def _part(
+    out: BatchRollout, eps: np.ndarray, log_std: np.ndarray, adv: np.ndarray, ret: np.ndarray,
+    rows: np.ndarray, steps: np.ndarray, anchor: np.ndarray,
+) -> LFPart:
+    return LFPart(
+        obs=out.obs[rows, steps].astype(np.float32),
+        actions=out.actions[rows, steps].astype(np.float32),
+        logprobs=gaussian_logprob(eps[rows, steps], log_std),
+        advantages=adv[rows, steps], returns=ret[rows, steps],
+        anchor=anchor.astype(np.int64),
+    )
+
+
+def _episode_ids(buffer: RolloutBuffer) -> np.ndarray:
+    """Row -> episode index within the buffer (rows before the first start: -1)."""
+    return np.cumsum(buffer.episode_start) - 1
+
+
+def _require_states(buffer: RolloutBuffer) -> list:
+    if buffer.states is None:
+        raise ValueError(
+            "multi-fidelity pairing needs the HF env's measured states; the HF env has no "
+            "get_state() (use an mfpg env or the robot env as hf.env)"
+        )
+    return buffer.states
+
+
+class SyncedPairing:
+    """k-step LF segments from every HF state: one with the HF noise, M with fresh noise."""
+
+    def __init__(
+        self, collector: BatchedCollector, k: int, M: int, gamma: float, gae_lambda: float
+    ) -> None:
+        if k < 1 or M < 1:
+            raise ValueError(f"synced pairing needs k >= 1 and M >= 1, got k={k}, M={M}")
+        self.collector, self.k, self.M = collector, k, M
+        self.gamma, self.gae_lambda = gamma, gae_lambda
+
+    def hf_noise_windows(self, buffer: RolloutBuffer, rng: np.random.Generator) -> np.ndarray:
+        """(T, k, act_dim): eps_t..eps_{t+k-1} of each row's episode, fresh noise past its end."""
+        n, k = len(buffer), self.k
+        rows = np.arange(n)[:, None] + np.arange(k)[None, :]
+        inside = rows < n
+        rows_c = np.minimum(rows, n - 1)
+        ep = _episode_ids(buffer)
+        same = inside & (ep[rows_c] == ep[:, None])
+        return np.where(same[..., None], buffer.eps[rows_c],
+                        rng.standard_normal((n, k, buffer.eps.shape[1])))
+
+    def collect(
+        self, buffer: RolloutBuffer, policy: GaussianPolicy, value_fn: ValueFn,
+        reward_fn: RewardFn, rng: np.random.Generator,
+    ) -> LFSamples:
+        states = _require_states(buffer)
+        n, k, m = len(buffer), self.k, self.M
+        q, v, task = self.collector.batch_states(states)
+        idx = np.concatenate([np.arange(n), np.repeat(np.arange(n), m)])
+        eps = np.concatenate([
+            self.hf_noise_windows(buffer, rng),
+            rng.standard_normal((n * m, k, buffer.eps.shape[1])),
+        ])
+        out = _run_chunked(self.collector, policy, q[idx], v[idx],
+                           {key: val[idx] for key, val in task.items()}, eps)
+        valid = out.alive[:, :k]
+        adv, ret = _evaluate(out, valid, value_fn, reward_fn, self.gamma, self.gae_lambda)
+        log_std = policy.log_std.detach().numpy().astype(np.float64)
+        first = np.zeros(n * (m + 1), dtype=np.int64)
+        every = np.arange(n * (m + 1))
+        samples = _part(out, eps, log_std, adv, ret, every, first, idx)
+        pair_rows = np.arange(n)
+        raw = np.where(valid, out.rewards[:, :k], 0.0)
+        return LFSamples(
+            mode="synced",
+            paired=samples.take(pair_rows),
+            partner=pair_rows.copy(),
+            ref=samples.take(np.arange(n, n * (m + 1))),
+            lf_steps=int(valid.sum()),
+            rollout_returns=raw[:n].sum(axis=1),
+            rollout_lengths=valid[:n].sum(axis=1),
+        )
+
+
+class EpisodePairing:
+    """LF episodes from the HF episode starts with the HF noise, plus an independent pool."""
+
+    def __init__(
+        self, collector: BatchedCollector, pool_per_hf: int, max_episode_steps: int,
+        gamma: float, gae_lambda: float, pool_starts: StartSampler | None = None,
+    ) -> None:
+        if pool_per_hf < 1 or max_episode_steps < 1:
+            raise ValueError(
+                f"episode pairing needs pool_per_hf >= 1 and max_episode_steps >= 1, got "
+                f"{pool_per_hf} and {max_episode_steps}"
+            )
+        self.collector, self.pool_per_hf = collector, pool_per_hf
+        self.max_episode_steps = max_episode_steps
+        self.gamma, self.gae_lambda = gamma, gae_lambda
+        self.pool_starts = pool_starts or collector.sample_starts
+
+    def collect(
+        self, buffer: RolloutBuffer, policy: GaussianPolicy, value_fn: ValueFn,
+        reward_fn: RewardFn, rng: np.random.Generator,
+    ) -> LFSamples:
+        states = _require_states(buffer)
+        n_rows, act_dim = len(buffer), buffer.eps.shape[1]
+        starts = np.flatnonzero(buffer.episode_start)
+        log_std = policy.log_std.detach().numpy().astype(np.float64)
+        if starts.size == 0:
+            return _empty(policy.obs_dim, act_dim)
+        ends = np.flatnonzero(buffer.dones)
+        # HF fragment of episode i: rows starts[i] .. frag_end[i]-1 (its end or the rollout's)
+        after = np.searchsorted(ends, starts)
+        frag_end = np.where(after < ends.size, ends[np.minimum(after, ends.size - 1)] + 1, n_rows)
+        hf_len = frag_end - starts
+        horizon = np.minimum(n_rows - starts, self.max_episode_steps)
+        h_max = int(horizon.max())
+
+        eps = rng.standard_normal((starts.size, h_max, act_dim))
+        for i, (s, length) in enumerate(zip(starts, hf_len, strict=True)):
+            eps[i, :length] = buffer.eps[s : s + length]
+        q, v, task = self.collector.batch_states([states[s] for s in starts])
+        out = _run_chunked(self.collector, policy, q, v, task, eps)
+        steps = np.arange(h_max)[None, :]
+        valid = out.alive[:, :h_max] & (steps < horizon[:, None])
+        adv, ret = _evaluate(out, valid, value_fn, reward_fn, self.gamma, self.gae_lambda)
+        rows, t = np.nonzero(valid)
+        is_pair = t < hf_len[rows]
+        partner = np.where(is_pair, starts[rows] + t, -1)
+        anchor = starts[rows] + t % hf_len[rows]
+        paired = _part(out, eps, log_std, adv, ret, rows, t, anchor)
+
+        # pool: pool_per_hf LF episodes per paired one, same horizon, independent starts/noise
+        pool_h = np.repeat(horizon, self.pool_per_hf)
+        pq, pv, ptask = self.pool_starts(pool_h.size, rng)
+        peps = rng.standard_normal((pool_h.size, h_max, act_dim))
+        pout = _run_chunked(self.collector, policy, pq, pv, ptask, peps)
+        pvalid = pout.alive[:, :h_max] & (steps < pool_h[:, None])
+        padv, pret = _evaluate(pout, pvalid, value_fn, reward_fn, self.gamma, self.gae_lambda)
+        prow, pt = np.nonzero(pvalid)
+        ref = _part(pout, peps, log_std, padv, pret, prow, pt, np.full(prow.size, -1))
+        raw = np.where(valid, out.rewards[:, :h_max], 0.0)
+        return LFSamples(
+            mode="episode", paired=paired, partner=partner, ref=ref,
+            lf_steps=int(valid.sum() + pvalid.sum()),
+            rollout_returns=raw.sum(axis=1), rollout_lengths=valid.sum(axis=1),
+        )
+
+
+def _empty_part(obs_dim: int, act_dim: int) -> LFPart:
+    z = np.zeros(0)
+    return LFPart(np.zeros((0, obs_dim), np.float32), np.zeros((0, act_dim), np.float32),
+                  z, z, z, np.zeros(0, np.int64))
+
+
+def _empty(obs_dim: int, act_dim: int) -> LFSamples:
+    """No HF episode starts in the rollout: nothing to pair (c = 0 for this rollout)."""
+    return LFSamples("episode", _empty_part(obs_dim, act_dim), np.zeros(0, np.int64),
+                     _empty_part(obs_dim, act_dim), 0, np.zeros(0), np.zeros(0, np.int64))

@@ -1,0 +1,163 @@
+"""HF/LF pairing on the Furuta pendulum: HF = twin, LF = reduced."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import sim  # noqa: F401  (registers the envs)
+from mfpg_robot.buffer import HFCollector, RolloutBuffer
+from mfpg_robot.gae import compute_gae
+from mfpg_robot.pairing import EpisodePairing, SyncedPairing, rollout_gae
+from mfpg_robot.pg_variance import simulate_hf_buffer, zero_value
+from mfpg_robot.policy import GaussianPolicy
+from sim.batched import BatchedCollector
+
+ENV = "mfpg/FurutaSwingup-v0"
+GAMMA = 0.99
+
+
+def identity(r: np.ndarray) -> np.ndarray:
+    return r
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny per-step policy batches: intra-op threads only add contention on a shared box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def policy() -> GaussianPolicy:
+    torch.manual_seed(0)
+    return GaussianPolicy(6, 1)
+
+
+@pytest.fixture(scope="module")
+def lf_collector():
+    with BatchedCollector(ENV, fidelity="reduced", n_envs=1024, nthread=1) as col:
+        yield col
+
+
+@pytest.fixture(scope="module")
+def hf_buffer(policy: GaussianPolicy) -> RolloutBuffer:
+    """75 rows of the trainer's HF collector on the twin, 30-step episodes: the rollout starts
+    mid-way (rows 0-14 continue an earlier episode), then two episodes start."""
+    env = gym.make(ENV, fidelity="twin", max_episode_steps=30)
+    collector = HFCollector(env, policy, np.random.default_rng(1), seed=1)
+    collector.collect(15)
+    return collector.collect(75)
+
+
+def test_rollout_gae_matches_flat_gae() -> None:
+    rng = np.random.default_rng(0)
+    n, h = 5, 7
+    lengths = np.array([7, 3, 5, 1, 7])
+    valid = np.arange(h)[None, :] < lengths[:, None]
+    terminated = np.zeros((n, h), dtype=bool)
+    terminated[1, 2] = terminated[4, 6] = True  # rows 1 and 4 terminate, the others are cut
+    rewards, values = rng.standard_normal((n, h)), rng.standard_normal((n, h + 1))
+    adv = rollout_gae(rewards, values, terminated, valid, GAMMA, 0.9)
+    for i in range(n):
+        m = lengths[i]
+        end = np.zeros(m, dtype=bool)
+        end[-1] = True
+        ref, _ = compute_gae(rewards[i, :m], values[i, :m], values[i, 1 : m + 1],
+                             terminated[i, :m], end, GAMMA, 0.9)
+        np.testing.assert_allclose(adv[i, :m], ref, atol=1e-12)
+        assert np.all(adv[i, m:] == 0)
+
+
+def test_synced_pairs_replay_the_hf_step(policy, lf_collector, hf_buffer) -> None:
+    k, m = 6, 3
+    pairing = SyncedPairing(lf_collector, k, m, GAMMA, 0.95)
+    lf = pairing.collect(hf_buffer, policy, zero_value, identity, np.random.default_rng(2))
+    n = len(hf_buffer)
+    assert np.array_equal(lf.partner, np.arange(n)) and lf.n_pairs == n
+    assert np.array_equal(lf.ref.anchor, np.repeat(np.arange(n), m))
+    # the LF segment starts from the measured HF state: same observation, same first action
+    np.testing.assert_allclose(lf.paired.obs, hf_buffer.obs, atol=1e-6)
+    np.testing.assert_allclose(lf.paired.actions, hf_buffer.actions, atol=1e-5)
+    np.testing.assert_allclose(lf.paired.logprobs, hf_buffer.logprobs, atol=1e-9)
+    # reference draws from the same state use fresh noise
+    np.testing.assert_allclose(lf.ref.obs, np.repeat(hf_buffer.obs, m, axis=0), atol=1e-6)
+    assert np.abs(lf.ref.actions - np.repeat(hf_buffer.actions, m, axis=0)).min() > 0
+    assert lf.lf_steps == n * (m + 1) * k  # no LF termination in 6 steps from these states
+
+
+def test_synced_noise_windows_stop_at_episode_ends(lf_collector, hf_buffer) -> None:
+    k = 6
+    win = SyncedPairing(lf_collector, k, 2, GAMMA, 0.95).hf_noise_windows(
+        hf_buffer, np.random.default_rng(3))
+    first_start = int(np.flatnonzero(hf_buffer.episode_start)[1])  # second episode in the buffer
+    t = first_start - 2  # two steps before an episode boundary
+    np.testing.assert_array_equal(win[t, :2], hf_buffer.eps[t : t + 2])
+    assert not np.any(np.isclose(win[t, 2:], hf_buffer.eps[t + 2 : t + k]))
+    np.testing.assert_array_equal(win[first_start], hf_buffer.eps[first_start : first_start + k])
+    last = len(hf_buffer) - 1  # past the rollout's end: fresh noise
+    np.testing.assert_array_equal(win[last, 0], hf_buffer.eps[last])
+
+
+def test_episode_pairs_start_at_hf_starts_and_replay_noise(policy, lf_collector, hf_buffer):
+    pairing = EpisodePairing(lf_collector, pool_per_hf=4, max_episode_steps=30, gamma=GAMMA,
+                             gae_lambda=0.95)
+    lf = pairing.collect(hf_buffer, policy, zero_value, identity, np.random.default_rng(4))
+    starts = np.flatnonzero(hf_buffer.episode_start)
+    assert starts.tolist() == [15, 45]
+    # rows 0-14 continue an episode begun in an earlier rollout: unpaired
+    paired_rows = lf.partner[lf.partner >= 0]
+    assert paired_rows.min() == 15 and set(paired_rows) <= set(range(15, 75))
+    # first LF step of each episode: the HF start observation
+    for s in starts:
+        j = np.flatnonzero(lf.partner == s)[0]
+        np.testing.assert_allclose(lf.paired.obs[j], hf_buffer.obs[s], atol=1e-6)
+    # every paired LF action is mu(LF obs) + sigma * (the HF eps of its partner row)
+    pair = lf.partner >= 0
+    with torch.no_grad():
+        mu = policy.mean(torch.as_tensor(lf.paired.obs[pair])).numpy()
+    std = float(policy.std().detach())
+    np.testing.assert_allclose((lf.paired.actions[pair] - mu) / std,
+                               hf_buffer.eps[lf.partner[pair]], atol=1e-5)
+    # the LF episode of the second start runs to the rollout's end (30 rows), all paired;
+    # pool: 4 independent LF episodes per paired one, with the same horizons
+    assert lf.n_pairs == 60
+    assert np.all(lf.ref.anchor == -1) and len(lf.ref) == 4 * len(lf.paired)
+
+
+def _pendulum_sideways(collector: BatchedCollector):
+    def sample(n: int, rng: np.random.Generator):
+        q0, v0, task = collector.sample_starts(n, rng)
+        q0[:, 1] += np.pi / 2
+        return q0, v0, task
+    return sample
+
+
+def test_episode_pool_must_start_like_the_hf_episodes(policy, lf_collector) -> None:
+    """The correction mean(paired) - mean(pool) of LF advantages averages to zero when the
+    pool's starts are drawn like the HF starts, and not when they are drawn differently."""
+    matched = EpisodePairing(lf_collector, 8, 60, GAMMA, 1.0)
+    shifted = EpisodePairing(lf_collector, 8, 60, GAMMA, 1.0,
+                             pool_starts=_pendulum_sideways(lf_collector))
+    rng = np.random.default_rng(5)
+    corrections: dict[str, list[float]] = {"matched": [], "shifted": []}
+    with BatchedCollector(ENV, fidelity="twin", n_envs=16, nthread=1) as hf:
+        for _ in range(12):
+            buf = simulate_hf_buffer(hf, policy, 6, 60, rng)
+            for name, pairing in (("matched", matched), ("shifted", shifted)):
+                lf = pairing.collect(buf, policy, zero_value, identity, rng)
+                corrections[name].append(lf.paired.advantages.mean() - lf.ref.advantages.mean())
+    z = {k: np.mean(v) / (np.std(v, ddof=1) / np.sqrt(len(v))) for k, v in corrections.items()}
+    assert abs(z["matched"]) < 3
+    assert abs(z["shifted"]) > 10
+
+
+def test_pairing_rejects_bad_settings(lf_collector) -> None:
+    with pytest.raises(ValueError, match="k >= 1"):
+        SyncedPairing(lf_collector, 0, 4, GAMMA, 0.95)
+    with pytest.raises(ValueError, match="pool_per_hf"):
+        EpisodePairing(lf_collector, 0, 100, GAMMA, 0.95)
