@@ -107,8 +107,10 @@ def fake() -> Iterator[FakeDevice]:
     dev.close()
 
 
-def connected(robot: RobotConfig, port: str, **kwargs) -> SerialDriver:
-    drv = SerialDriver(robot, port=port, **kwargs)
+def connected(robot: RobotConfig, port: str, timeout_s: float = 0.5, **kwargs) -> SerialDriver:
+    """A driver connected to `port`; the generous timeout keeps a loaded machine from
+    turning a slow fake-device thread into a retry."""
+    drv = SerialDriver(robot, port=port, timeout_s=timeout_s, **kwargs)
     drv.connect()
     return drv
 
@@ -158,7 +160,7 @@ def test_late_reply_to_an_abandoned_attempt_is_not_taken_for_the_retry(
         return [encode(state(9.0), abandoned[0]), encode(state(2.0), f.seq)]
 
     fake.on_read_state = replies
-    drv = connected(furuta, fake.port, timeout_s=0.05)
+    drv = connected(furuta, fake.port, timeout_s=0.2)
     assert drv.read_state().positions[0] == 2.0
     assert (drv.stats.timeouts, drv.stats.stale) == (1, 1)
     reads = [f.seq for f in fake.requests if f.msg.TYPE is MsgType.READ_STATE]
