@@ -15,6 +15,7 @@ COMMANDS = (
     "check_config",
     "emulator",
     "probe",
+    "train",
     "run_default",
 )
 

@@ -1,0 +1,282 @@
+"""Training runs as data: the typed, validated schema of `configs/train/*.yaml`.
+
+A train config names the algorithm and its hyper-parameters (`algo`), the high-fidelity env
+the policy is trained on (`hf`), the low-fidelity side used by the multi-fidelity algorithms
+(`lf`, `mf`) and where the run writes its folder (`run`). Defaults follow CleanRL's
+`ppo_continuous_action.py`.
+
+Loading fails early and precisely (the same rules as robot configs): an unknown key, a wrong
+type, a missing field or an out-of-range value raises `ConfigError` naming the file, the key
+path and what is expected. Command-line overrides (`--set algo.lr=1e-4`) are applied to the
+parsed mapping before validation, so they are checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from sim.robot_config import ConfigError, StrictModel, validate_mapping
+
+ALGO_NAMES = ("ppo", "mfppo", "reinforce", "mfreinforce")
+ACCEL_NAMES = ("none", "optimistic", "extragradient", "nesterov", "meta")
+#: Top-level keys that mark a mapping as a train config (robot configs have none of them).
+TRAIN_CONFIG_KEYS = frozenset({"seed", "algo", "hf", "lf", "mf", "run"})
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads exponent floats without a dot (`3e-4`) as floats.
+
+    PyYAML follows YAML 1.1, which reads `3e-4` as a string; YAML 1.2 and users read a number.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+class AlgoConfig(StrictModel):
+    """The algorithm and its hyper-parameters (CleanRL ppo_continuous_action defaults)."""
+
+    name: Literal["ppo", "mfppo", "reinforce", "mfreinforce"] = Field(
+        description="ppo | reinforce (HF only) | mfppo | mfreinforce (HF + LF control variate)"
+    )
+    accel: Literal["none", "optimistic", "extragradient", "nesterov", "meta"] = Field(
+        default="none", description="update rule around Adam (mfpg_robot.accel)"
+    )
+    lr: float = Field(default=3.0e-4, gt=0, le=1.0, description="Adam learning rate")
+    accel_options: dict[str, float | bool | None] = Field(
+        default_factory=dict, description="options of the accel rule, e.g. {optimism: 0.5}"
+    )
+    gamma: float = Field(default=0.99, gt=0, le=1.0, description="discount factor")
+    gae_lambda: float = Field(
+        default=0.95, ge=0, le=1.0, description="GAE lambda (REINFORCE uses 1: Monte-Carlo)"
+    )
+    clip_coef: float = Field(default=0.2, gt=0, le=1.0, description="PPO ratio clip epsilon")
+    ent_coef: float = Field(default=0.0, ge=0, description="entropy bonus coefficient")
+    vf_coef: float = Field(default=0.5, ge=0, description="value-loss coefficient")
+    max_grad_norm: float = Field(default=0.5, gt=0, description="global gradient-norm clip")
+    update_epochs: int = Field(
+        default=10, ge=1, le=1000, description="passes over each batch (REINFORCE: steps)"
+    )
+    num_minibatches: int = Field(default=32, ge=1, description="minibatches per epoch (PPO)")
+    anneal_lr: bool = Field(default=True, description="linear lr decay to 0 over the run")
+    norm_adv: bool = Field(default=True, description="normalise advantages per minibatch")
+    clip_vloss: bool = Field(default=True, description="clip the value loss like the ratio")
+    target_kl: float | None = Field(
+        default=None, gt=0, description="stop an update's epochs once approx KL exceeds this"
+    )
+    norm_reward: bool = Field(
+        default=True,
+        description="scale rewards by the running std of the discounted return "
+        "(CleanRL's NormalizeReward); logged returns are always raw",
+    )
+    reward_clip: float = Field(default=10.0, gt=0, description="clip of scaled rewards")
+    hidden: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [64, 64], min_length=1, description="tanh MLP hidden sizes"
+    )
+    log_std_init: float = Field(default=0.0, ge=-5.0, le=2.0, description="initial log-std")
+
+    @field_validator("accel_options")
+    @classmethod
+    def _accel_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if value and "accel" in info.data:  # build the rule once on a dummy parameter
+            import torch
+
+            from mfpg_robot.accel import make_accelerator
+
+            p = torch.nn.Parameter(torch.zeros(1))
+            sgd = torch.optim.SGD([p], lr=info.data.get("lr", 1e-3))
+            make_accelerator(info.data["accel"], [p], sgd, **value)
+        return value
+
+
+class HFConfig(StrictModel):
+    """The high-fidelity env: the robot, or its stand-in for dry runs and benchmarks."""
+
+    env: str = Field(description="Gymnasium id, e.g. mfpg/FurutaSwingup-v0 or Hopper-v5")
+    fidelity: Literal["twin", "reduced", "reduced_gap", "robot"] | None = Field(
+        default="twin",
+        description="model of an mfpg env (robot = the physical or emulated device); "
+        "null for plain Gymnasium envs that take no fidelity",
+    )
+    steps_per_iter: int = Field(default=2048, ge=1, description="HF steps per iteration")
+    total_steps: int = Field(ge=1, description="HF step budget of the run")
+
+    @field_validator("total_steps")
+    @classmethod
+    def _at_least_one_iteration(cls, value: int, info: ValidationInfo) -> int:
+        per_iter = info.data.get("steps_per_iter")
+        if per_iter is not None and value < per_iter:
+            raise ValueError(f"must be >= hf.steps_per_iter ({per_iter}): one iteration at least")
+        return value
+
+
+class LFConfig(StrictModel):
+    """The low-fidelity side of the multi-fidelity algorithms (ignored by ppo/reinforce)."""
+
+    env: str | None = Field(default=None, description="Gymnasium id; null = same as hf.env")
+    fidelity: Literal["twin", "reduced", "reduced_gap"] = Field(
+        default="reduced", description="LF model of the same task"
+    )
+    pairing: Literal["episode", "synced"] = Field(
+        default="synced",
+        description="episode: LF reset to each HF episode start, same noise; synced: k-step "
+        "LF segments from every HF state with the same noise",
+    )
+    k: int = Field(default=10, ge=1, le=10_000, description="synced: LF segment length")
+    M: int = Field(
+        default=16, ge=2, le=10_000, description="synced: fresh-noise LF segments per HF state"
+    )
+    lf_pool_per_hf: int = Field(
+        default=90, ge=1, description="LF reference steps per HF step (episode pairing's pool)"
+    )
+    nthread: int = Field(default=2, ge=1, le=256, description="threads of the batched LF stepper")
+
+
+class MFConfig(StrictModel):
+    """The control-variate estimator."""
+
+    c_ema: float = Field(
+        default=0.95, ge=0, lt=1.0, description="EMA smoothing of the control coefficient c"
+    )
+    min_pairs: int = Field(
+        default=20, ge=2, description="fewer HF/LF pairs than this: c = 0 (plain HF gradient)"
+    )
+
+
+class RunConfig(StrictModel):
+    """Where and how often the run writes."""
+
+    dir: str | None = Field(
+        default=None, description="run folder; null = runs/<algo>-<env>-s<seed>-<time>"
+    )
+    checkpoint_every: int = Field(
+        default=10, ge=0, description="iterations between checkpoints (0 = final only)"
+    )
+    log_every: int = Field(
+        default=10, ge=1, description="iterations between summary lines under the progress bar"
+    )
+    progress: bool = Field(default=True, description="show a progress bar")
+    torch_threads: int = Field(
+        default=1, ge=1, le=256,
+        description="torch intra-op threads; small MLPs run fastest on 1 (more contend)",
+    )
+
+
+class TrainConfig(StrictModel):
+    """A whole training run."""
+
+    seed: int = Field(ge=0, description="seeds torch, the action noise and env resets")
+    algo: AlgoConfig
+    hf: HFConfig
+    lf: LFConfig = Field(default_factory=LFConfig)
+    mf: MFConfig = Field(default_factory=MFConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        ppo_like = self.algo.name in ("ppo", "mfppo")
+        if ppo_like and self.hf.steps_per_iter < self.algo.num_minibatches:
+            raise ValueError(
+                f"hf.steps_per_iter ({self.hf.steps_per_iter}) must be >= "
+                f"algo.num_minibatches ({self.algo.num_minibatches})"
+            )
+        return self
+
+    @property
+    def num_iterations(self) -> int:
+        return self.hf.total_steps // self.hf.steps_per_iter
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain (YAML/JSON-ready) form of the resolved config."""
+        return self.model_dump(mode="json")
+
+
+def parse_value(text: str) -> Any:
+    """An override value as YAML would read it (`1e-4` is a float, `null` is None)."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (SafeLoader subclass)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override value {text!r} is not valid YAML: {err}") from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Return a copy of `data` with each `a.b=c` override set (values parsed as YAML).
+
+    Intermediate mappings are created as needed; the result is validated by the caller,
+    so a misspelt key is reported as unknown there.
+    """
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        path = key.strip().split(".")
+        if not sep or not all(p.strip() for p in path):
+            raise ConfigError(
+                f"bad override {item!r}: expected KEY.PATH=VALUE, e.g. algo.lr=1e-4"
+            )
+        node = out
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(path[: i + 1])
+                raise ConfigError(
+                    f"bad override {item!r}: {where} is a value ({child!r}), not a section"
+                )
+            node = child
+        node[path[-1]] = parse_value(value)
+    return out
+
+
+def read_train_yaml(path: str | Path) -> Any:
+    """Parse a YAML file (exponent floats as floats), I/O and syntax errors as `ConfigError`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (SafeLoader subclass)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+
+
+def is_train_mapping(data: Any) -> bool:
+    """True if a parsed YAML mapping looks like a train config (by its top-level keys)."""
+    return isinstance(data, dict) and bool(TRAIN_CONFIG_KEYS & set(data))
+
+
+def validate_train_config(data: Any, source: str) -> TrainConfig:
+    """Validate a parsed mapping as a `TrainConfig`; `source` names it in errors."""
+    return validate_mapping(data, TrainConfig, source)
+
+
+def load_train_config(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+) -> TrainConfig:
+    """Load `configs/train/NAME.yaml` (a path) with optional `a.b=c` overrides."""
+    data = read_train_yaml(path)
+    source = str(path)
+    if overrides:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: top level must be a mapping of keys")
+        try:
+            data = apply_overrides(data, overrides)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+        source += " (with --set " + " ".join(overrides) + ")"
+    return validate_train_config(data, source)
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    """The resolved config as YAML (what a run folder stores as config.yaml)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
