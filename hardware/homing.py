@@ -1,0 +1,164 @@
+"""The robot's reset procedure: slow move home, settle, randomise the start, settle again.
+
+1. Move home: a reference that starts at the measured position and moves towards `reset.home`
+   at `reset.homing_speed` (unit/s) per actuated joint.
+2. Settle: hold home until every joint is settled (actuated joints within `position_tolerance`
+   of the goal, all speeds below `velocity_tolerance`, passive joints at their home value
+   modulo 2 pi, i.e. hanging) continuously for `reset.settle_s`; `max_settle_s` -> `ResetError`.
+3. Randomise: the actuated joints move (same speed) to their values in a start drawn by
+   `sim.starts.sample_start_state` (home + U(-1, 1) x `reset.position_noise`, the same draw
+   as the simulated envs), clipped to the soft limits, and settle again. Passive joints and
+   `reset.velocity_noise` cannot be imposed on a real robot: the start is wherever the robot
+   settles (pendulum hanging at rest), and the measured start state is what the episode (and
+   its low-fidelity pair) starts from.
+
+Commands: position servos get the reference as target. Voltage/torque robots get a PD law on
+the actuated joints plus feedback of the passive joints' velocity, which damps a swinging
+pendulum through the arm (`HomingGains`; defaults tuned on the furuta twin: a pendulum swinging
+at 20 rad/s comes to rest in ~5 s instead of ~100 s by friction alone), and a speed governor:
+an actuated joint faster than `reset.homing_speed` gets only braking effort (a swinging
+pendulum can still kick the arm briefly above it). Every command passes the safety layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from hardware.driver import DeviceState, RobotError
+from sim.robot_config import RobotConfig
+
+
+class ResetError(RobotError):
+    """The reset procedure cannot bring the robot to a start state (message says why)."""
+
+
+class ControlLoop(Protocol):
+    """What the reset procedure drives: one command per control period, state back."""
+
+    def apply_command(self, command: np.ndarray) -> DeviceState:
+        """Filter and send `command`, wait for the period's deadline, return the new state."""
+
+
+@dataclass(frozen=True)
+class HomingGains:
+    """Reset controller settings (command units: V or N m; joint units: rad or m)."""
+
+    kp: float = 12.0  # effort per unit of position error (voltage/torque robots)
+    kd: float = 1.0  # effort per unit/s of actuated-joint velocity
+    passive_damping: float = -0.3  # effort per unit/s of passive velocity x cos(passive angle)
+    speed_gain: float = 10.0  # braking effort per unit/s an actuated joint exceeds homing_speed
+    position_tolerance: float = 0.05
+    velocity_tolerance: float = 0.5
+    max_settle_s: float = 30.0
+
+
+def _wrap(x: np.ndarray) -> np.ndarray:
+    return (x + np.pi) % (2.0 * np.pi) - np.pi
+
+
+class ResetProcedure:
+    """Runs the reset for one robot on a `ControlLoop` (see the module docstring)."""
+
+    def __init__(self, robot: RobotConfig, gains: HomingGains | None = None) -> None:
+        self.robot = robot
+        self.gains = gains or HomingGains()
+        names = robot.joint_names
+        self.act_idx = np.array([names.index(n) for n in robot.actuated_joints])
+        self.passive_idx = np.array(
+            [i for i, j in enumerate(robot.joints) if not j.actuated], dtype=int
+        )
+        home = np.array([robot.reset.home.get(n, 0.0) for n in names])
+        self.home = home
+        soft = [robot.joint(n).soft_limits for n in robot.actuated_joints]
+        self.soft_lo = np.array([s.lower if s else -np.inf for s in soft])
+        self.soft_hi = np.array([s.upper if s else np.inf for s in soft])
+        self.step_size = robot.reset.homing_speed * robot.control_dt
+        self.position_servo = robot.actuation.type == "position"
+
+    def check_startable(self, state: DeviceState) -> None:
+        """Refuse to start with a joint outside its hard limits (needs the operator)."""
+        for i, joint in enumerate(self.robot.joints):
+            lim = joint.hard_limits
+            q = state.positions[i]
+            if lim is not None and not lim.lower <= q <= lim.upper:
+                raise ResetError(
+                    f"joint '{joint.name}' at {q:.3f} is outside its hard limits "
+                    f"[{lim.lower}, {lim.upper}]: with torque off, move it back inside by hand, "
+                    "then reset again"
+                )
+
+    def run(self, loop: ControlLoop, state: DeviceState, start: np.ndarray) -> DeviceState:
+        """Home, settle, move the actuated joints to `start` (all joints), settle.
+
+        `start` is a sampled start pose (`sim.starts.sample_start_state`); only its actuated
+        joints can be imposed. Returns the measured start state.
+        """
+        goal = np.clip(self.home[self.act_idx], self.soft_lo, self.soft_hi)
+        state, ref = self.move(loop, state, goal)
+        state = self.settle(loop, state, ref)
+        goal = np.clip(start[self.act_idx], self.soft_lo, self.soft_hi)
+        state, ref = self.move(loop, state, goal, ref)
+        return self.settle(loop, state, ref)
+
+    def command(self, state: DeviceState, ref: np.ndarray) -> np.ndarray:
+        """The command that tracks `ref` (servo target, or PD effort with passive damping)."""
+        if self.position_servo:
+            return ref.copy()
+        g = self.gains
+        q, v = state.positions, state.velocities
+        u = g.kp * (ref - q[self.act_idx]) - g.kd * v[self.act_idx]
+        if self.passive_idx.size:
+            qp = q[self.passive_idx] - self.home[self.passive_idx]
+            u = u + g.passive_damping * float(np.sum(v[self.passive_idx] * np.cos(qp)))
+        # Speed governor: above the homing speed, brake in proportion to the excess.
+        va = v[self.act_idx]
+        excess = np.sign(va) * np.maximum(np.abs(va) - self.robot.reset.homing_speed, 0.0)
+        return np.where(excess != 0.0, -g.speed_gain * excess, u)
+
+    def move(
+        self,
+        loop: ControlLoop,
+        state: DeviceState,
+        goal: np.ndarray,
+        ref: np.ndarray | None = None,
+    ) -> tuple[DeviceState, np.ndarray]:
+        """Move the reference (default: the measured position) to `goal` at the homing speed."""
+        if ref is None:
+            ref = np.clip(state.positions[self.act_idx], self.soft_lo, self.soft_hi)
+        while not np.allclose(ref, goal, rtol=0.0, atol=1e-12):
+            ref = ref + np.clip(goal - ref, -self.step_size, self.step_size)
+            state = loop.apply_command(self.command(state, ref))
+        return state, ref
+
+    def settled(self, state: DeviceState, ref: np.ndarray) -> bool:
+        """Actuated joints at `ref`, passive joints hanging at home, everything at rest."""
+        g = self.gains
+        q, v = state.positions, state.velocities
+        ok = bool(np.all(np.abs(q[self.act_idx] - ref) <= g.position_tolerance))
+        ok &= bool(np.all(np.abs(v) <= g.velocity_tolerance))
+        if self.passive_idx.size:
+            off = _wrap(q[self.passive_idx] - self.home[self.passive_idx])
+            ok &= bool(np.all(np.abs(off) <= g.position_tolerance))
+        return ok
+
+    def settle(self, loop: ControlLoop, state: DeviceState, ref: np.ndarray) -> DeviceState:
+        """Hold `ref` until settled for `reset.settle_s` in a row (at most `max_settle_s`)."""
+        dt = self.robot.control_dt
+        need = max(1, int(round(self.robot.reset.settle_s / dt)))
+        limit = int(round(self.gains.max_settle_s / dt))
+        run = 0
+        for _ in range(limit):
+            state = loop.apply_command(self.command(state, ref))
+            run = run + 1 if self.settled(state, ref) else 0
+            if run >= need:
+                return state
+        q, v = state.positions, state.velocities
+        raise ResetError(
+            f"robot '{self.robot.name}' did not settle within {self.gains.max_settle_s} s at "
+            f"{dict(zip(self.robot.actuated_joints, ref.round(3).tolist(), strict=True))} "
+            f"(last positions {q.round(3).tolist()}, velocities {v.round(3).tolist()}); "
+            "check the joints move freely or raise HomingGains.max_settle_s"
+        )

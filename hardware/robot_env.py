@@ -1,0 +1,354 @@
+"""`RobotEnv`: the robot (real, emulated or mocked) as the high-fidelity Gymnasium env.
+
+    with SerialDriver(robot) as driver:                 # or MockDriver(robot) in tests
+        env = make_robot_env(robot, driver)
+        obs, info = env.reset(seed=0)
+        obs, reward, terminated, truncated, info = env.step(action)
+
+Same observation and action spaces, and the same `Task` reward, as the simulated env of the
+task. Per step: the action passes the `SafetyLayer`, the command is sent at once, the loop
+waits for the period's absolute deadline (`Scheduler`), the state is read and checked, the
+reward is computed from the measured state and the action actually sent.
+`info["action_sent"]` (normalised) and `info["command_sent"]` (physical) are what reached the
+driver, `info["safety"]` what each stage clipped and any stop, `info["timing"]` the period.
+
+A safety stop (hard limit, stale state, over-temperature, device fault, missed deadlines,
+invalid action, driver error) is carried out at once (torque off, or hold for servos), ends
+the episode (`terminated=True`) and latches: `step()` raises `SafetyStopError` until `reset()`
+acknowledges it. At the end of an episode the robot idles: torque off for voltage/torque
+robots, a hold command for position servos (the device watchdog turns torque off if the host
+does not return in `serial.watchdog_ms`; reset clears that WATCHDOG fault). Ctrl+C
+(KeyboardInterrupt) in `reset()` or `step()` turns torque off, records an event, re-raises;
+one that lands elsewhere (e.g. in the policy) and ends the program is caught by an `atexit`
+hook that turns torque off too.
+
+`realtime=False` (for `MockDriver`, whose clock is simulated) never sleeps. Deadlines always
+use `time.monotonic`; the age of a state is measured with the clock the driver stamps
+`host_time_s` with: `driver.clock` where the driver has one (`MockDriver`), else
+`time.monotonic` (the `RobotDriver` contract).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import importlib
+import time
+import weakref
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.envs.registration import EnvSpec
+
+from hardware.driver import DeviceState, RobotDriver, RobotError, RobotFaultError
+from hardware.homing import HomingGains, ResetError, ResetProcedure
+from hardware.safety import SafetyEvent, SafetyLayer, SafetyStopError, torque_off
+from hardware.scheduler import Scheduler, Tick, TimingStats
+from sim.actuation import command_to_action
+from sim.robot_config import RobotConfig, load_robot_config
+from sim.starts import sample_start_state
+from sim.state import RobotState
+from sim.tasks.base import Task, TaskState
+
+#: Robot name -> its task class ("module:Class"), constructed with the robot config.
+ROBOT_TASKS = {
+    "furuta": "sim.tasks.furuta:FurutaSwingup",
+    "arm2": "sim.tasks.arm2:Arm2Reach",
+}
+
+
+class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
+    """A task on a robot behind a `RobotDriver` (see the module docstring)."""
+
+    metadata = {"render_modes": [], "render_fps": 50}
+
+    def __init__(
+        self,
+        driver: RobotDriver,
+        task: Task,
+        robot: RobotConfig | None = None,
+        *,
+        realtime: bool = True,
+        safety: SafetyLayer | None = None,
+        homing: HomingGains | None = None,
+        max_episode_steps: int | None = None,
+        spin_s: float = 0.0005,
+    ) -> None:
+        self.robot = robot if robot is not None else driver.robot
+        if driver.robot.name != self.robot.name:
+            raise ValueError(
+                f"driver is for robot '{driver.robot.name}' but the env for '{self.robot.name}'"
+            )
+        if task.robot != self.robot.name:
+            raise ValueError(f"task {task.name} runs on '{task.robot}', not '{self.robot.name}'")
+        self.driver = driver
+        self.task = task
+        self.joint_names = self.robot.joint_names
+        self.safety = safety if safety is not None else SafetyLayer(self.robot)
+        self.reset_procedure = ResetProcedure(self.robot, homing)
+        self.scheduler = Scheduler(self.robot.control_dt, realtime=realtime, spin_s=spin_s)
+        self.host_clock = getattr(driver, "clock", time.monotonic)
+        self.max_episode_steps = max_episode_steps or task.max_episode_steps
+        n_act = len(self.robot.actuated_joints)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(n_act,), dtype=np.float32)
+        self.observation_space = spaces.Box(
+            -np.inf, np.inf, shape=(task.obs_dim,), dtype=np.float32
+        )
+        self.metadata = {**self.metadata, "render_fps": int(round(self.robot.control_rate_hz))}
+        # A physical robot is not deterministic: tell Gymnasium so. `spec.make()` builds another
+        # env on the same driver and task.
+        self.spec = EnvSpec(
+            id=f"mfpg/Robot{task.name}-v0",
+            entry_point=RobotEnv,
+            nondeterministic=True,
+            max_episode_steps=self.max_episode_steps,
+            kwargs={
+                "driver": driver,
+                "task": task,
+                "robot": self.robot,
+                "realtime": realtime,
+                "safety": safety,
+                "homing": homing,
+                "max_episode_steps": self.max_episode_steps,
+                "spin_s": spin_s,
+            },
+        )
+        self._state: DeviceState | None = None
+        self._task_state: TaskState = {}
+        self._steps = 0
+        self._active = False  # an episode is running (torque on, commands expected)
+        self._exit_hook = functools.partial(_torque_off_at_exit, weakref.ref(self))
+        atexit.register(self._exit_hook)
+
+    # -- public helpers -----------------------------------------------------------------------
+    @property
+    def safety_events(self) -> list[SafetyEvent]:
+        """Every safety event so far (stops, acknowledgements, faults cleared)."""
+        return list(self.safety.events)
+
+    def timing_stats(self) -> TimingStats:
+        """Period jitter and missed deadlines over the current episode's steps."""
+        return self.scheduler.stats()
+
+    def get_state(self) -> RobotState:
+        """The last measured state with the task variables (for pairing with the LF env)."""
+        if self._state is None:
+            raise RuntimeError("no state yet: call reset() first")
+        return RobotState.from_arrays(
+            self.joint_names, self._state.positions, self._state.velocities, self._task_state
+        )
+
+    # -- Gymnasium API ------------------------------------------------------------------------
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Acknowledge any latched stop, home, settle, randomise; see `hardware.homing`."""
+        super().reset(seed=seed)
+        try:
+            return self._reset()
+        except KeyboardInterrupt:
+            self._interrupt("reset")
+            raise
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._state is None:
+            raise RuntimeError("call reset() before step()")
+        self.safety.ensure_not_latched()
+        if not self._active:
+            raise RuntimeError("the episode has ended (robot idle); call reset()")
+        try:
+            return self._step(action)
+        except KeyboardInterrupt:
+            self._interrupt("step")
+            raise
+
+    def close(self) -> None:
+        """Torque off and release the driver."""
+        self._active = False
+        atexit.unregister(self._exit_hook)
+        self.driver.close()
+
+    # -- control loop -------------------------------------------------------------------------
+    def apply_command(self, command: np.ndarray) -> DeviceState:
+        """One control period with a physical command (used by the reset procedure).
+
+        Raises `SafetyStopError` if the period trips a stop (the stop is carried out first).
+        """
+        result = self.safety.filter_command(command, self._require_state())
+        if result.command is None:
+            self.safety.execute_stop(self.driver, self._state)
+            raise SafetyStopError(f"reset stopped: {result.event.detail}", result.event)
+        _, event = self._cycle(result.command)
+        if event is not None:
+            raise SafetyStopError(f"reset stopped by {event.kind}: {event.detail}", event)
+        return self._require_state()
+
+    def _require_state(self) -> DeviceState:
+        if self._state is None:
+            raise RuntimeError("no state yet: call reset() first")
+        return self._state
+
+    def _cycle(self, command: np.ndarray) -> tuple[Tick | None, SafetyEvent | None]:
+        """Send, wait for the deadline, read, check; carry out a stop if one latched."""
+        try:
+            self.driver.send_command(command)
+        except RobotError as err:
+            self._trip_on_error(err)
+            return None, self.safety.latched
+        self.safety.commit(command)
+        tick = self.scheduler.wait()
+        self.safety.missed_deadlines(tick.consecutive_missed)
+        try:
+            state = self.driver.read_state()
+        except RobotError as err:
+            self._trip_on_error(err)
+            return tick, self.safety.latched
+        self._state = state
+        self.safety.check_state(state, self.host_clock())
+        if self.safety.latched is not None:
+            self.safety.execute_stop(self.driver, state)
+            self._active = False
+        return tick, self.safety.latched
+
+    def _trip_on_error(self, err: RobotError) -> None:
+        kind = "device_fault" if isinstance(err, RobotFaultError) else "driver_error"
+        self.safety.latch(kind, f"{type(err).__name__}: {err}")
+        self.safety.execute_stop(self.driver, self._state)
+        self._active = False
+
+    def _reset(self) -> tuple[np.ndarray, dict[str, Any]]:
+        self._active = False
+        self.safety.reset_safety()
+        if not self.driver.connected:
+            self.driver.connect()
+            self.driver.set_watchdog(self.robot.serial.watchdog_ms)
+        state = self.driver.read_state()
+        if state.faults or state.estopped:
+            detail = f"at reset: faults {list(state.faults)}, estopped={state.estopped}"
+            self.safety.record("faults_cleared", detail)
+            self.driver.clear_fault()
+            state = self.driver.read_state()
+        self.reset_procedure.check_startable(state)
+        self._check_temperature(state)
+        self.driver.enable()
+        self._state = self.driver.read_state()
+        self.safety.start(self._state)
+        t_start = self.scheduler.start()
+        self._active = True
+        start_q, _, task_state = sample_start_state(self.robot, self.task, self.np_random)
+        try:
+            state = self.reset_procedure.run(self, self._state, start_q)
+        except (ResetError, SafetyStopError):
+            self._idle()
+            raise
+        reset_s = self.scheduler.clock() - t_start
+        self.scheduler.clear()
+        self._task_state = {k: np.asarray(v, dtype=np.float64) for k, v in task_state.items()}
+        self._steps = 0
+        info = {"state": self.get_state(), "reset": {"duration_s": reset_s}}
+        return self._observation(state), info
+
+    def _check_temperature(self, state: DeviceState) -> None:
+        limit = self.robot.safety.max_temperature_c
+        if state.temperatures is not None and np.max(state.temperatures) > limit:
+            raise ResetError(
+                f"motor temperature {np.max(state.temperatures):.1f} C is above the limit "
+                f"{limit} C: let the motor cool down with torque off, then reset again"
+            )
+
+    def _step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        state = self._require_state()
+        result = self.safety.filter_action(action, state)
+        tick = None
+        if result.command is None:
+            self.safety.execute_stop(self.driver, state)
+            self._active = False
+            sent_action = self._stop_action()
+            command = None
+        else:
+            tick, _ = self._cycle(result.command)
+            sent_action, command = result.action, result.command
+        state = self._require_state()
+        self._steps += 1
+        q, v, ts = state.positions[None], state.velocities[None], self._batched_task()
+        reward = float(self.task.reward(q, v, sent_action[None], ts)[0])
+        event = self.safety.latched
+        terminated = bool(self.task.terminated(q, v, ts)[0]) or event is not None
+        truncated = not terminated and self._steps >= self.max_episode_steps
+        if (terminated or truncated) and self._active:
+            self._idle()
+        info = {
+            "action_sent": sent_action,
+            "command_sent": command,
+            "safety": {
+                **result.report(),
+                "stopped": event is not None,
+                "event": None if event is None else event.to_dict(),
+            },
+            "timing": None if tick is None else tick.to_dict(),
+            "state": self.get_state(),
+        }
+        return self._observation(state), reward, terminated, truncated, info
+
+    def _stop_action(self) -> np.ndarray:
+        """What the robot got instead of a rejected action: zero effort, or the held target."""
+        if self.safety.position_servo:
+            return np.clip(command_to_action(self.robot, self.safety.previous_command), -1, 1)
+        return np.zeros(self.action_space.shape)
+
+    def _idle(self) -> None:
+        """End of episode: torque off (effort robots) or hold the position (servos)."""
+        self._active = False
+        state = self._state
+        try:
+            if self.safety.position_servo and state is not None and self.safety.latched is None:
+                command = self.safety.filter_command(self.safety.idle_command(state), state)
+                self.driver.send_command(command.command)
+                self.safety.commit(command.command)
+            else:
+                self.driver.disable()
+        except RobotError:
+            torque_off(self.driver)
+
+    def _interrupt(self, where: str) -> None:
+        self._active = False
+        self.safety.latch("interrupt", f"KeyboardInterrupt during {where}(): torque off")
+        torque_off(self.driver)
+
+    def _observation(self, state: DeviceState) -> np.ndarray:
+        obs = self.task.observe(state.positions[None], state.velocities[None], self._batched_task())
+        return obs[0].astype(np.float32)
+
+    def _batched_task(self) -> TaskState:
+        return {k: np.asarray(v, dtype=np.float64)[None] for k, v in self._task_state.items()}
+
+
+def _torque_off_at_exit(env_ref: weakref.ref[RobotEnv]) -> None:
+    """Interpreter exit (e.g. an uncaught Ctrl+C outside step): torque off if still on."""
+    env = env_ref()
+    if env is None or not env.driver.connected:
+        return
+    if env._active:
+        env.safety.latch("interrupt", "program exited during an episode: torque off")
+    torque_off(env.driver)
+
+
+def task_for_robot(robot: RobotConfig) -> Task:
+    """The task that `robot` is trained on (`ROBOT_TASKS`), built with its config."""
+    if robot.name not in ROBOT_TASKS:
+        raise ValueError(f"no task known for robot '{robot.name}'; known: {sorted(ROBOT_TASKS)}")
+    module, cls = ROBOT_TASKS[robot.name].split(":")
+    return getattr(importlib.import_module(module), cls)(robot)
+
+
+def make_robot_env(
+    robot_config: RobotConfig | str, driver: RobotDriver, **kwargs: Any
+) -> RobotEnv:
+    """`RobotEnv` for `robot_config` (name, path or config) with its task; kwargs to RobotEnv."""
+    robot = (
+        robot_config if isinstance(robot_config, RobotConfig) else load_robot_config(robot_config)
+    )
+    return RobotEnv(driver, task_for_robot(robot), robot, **kwargs)
+
