@@ -1,0 +1,166 @@
+"""Variance and MSE of the MF policy gradient against HF-only, per pairing mode.
+
+At a fixed random-init policy on the Furuta pendulum (HF = twin, LF = reduced by default):
+a reference gradient from a large HF sample, then `--trials` batches of `--episodes` HF
+episodes each; per batch the HF-only REINFORCE gradient and, per LF variant, the MF gradient
+with c from the EMA over earlier batches (what the algorithms do: c never sees its own
+batch), from gradient projections (EMA), and the in-hindsight best single c (a bound).
+Prints, per variant, variance and MSE ratios to HF-only, rho of the scalar surrogates,
+1 - rho^2 and LF steps per HF step.
+
+    .venv/bin/python benchmarks/estimator_variance.py                 # default sweep
+    .venv/bin/python benchmarks/estimator_variance.py --adv critic --horizon 400 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import sim  # noqa: F401  (registers the envs)
+from mfpg_robot.estimators import CoefEMA
+from mfpg_robot.pairing import EpisodePairing, SyncedPairing
+from mfpg_robot.pg_variance import (
+    TrialEstimate,
+    fit_value_function,
+    hf_advantages,
+    hf_gradient,
+    mf_trial,
+    oracle_coef,
+    simulate_hf_buffer,
+    zero_value,
+)
+from mfpg_robot.policy import GaussianPolicy
+from sim.batched import BatchedCollector
+
+ENV = "mfpg/FurutaSwingup-v0"
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hf", default="twin", help="HF fidelity")
+    p.add_argument("--lf", default="reduced", help="LF fidelity")
+    p.add_argument("--horizon", type=int, default=200, help="episode length (steps, 250 Hz)")
+    p.add_argument("--episodes", type=int, default=4, help="HF episodes per batch")
+    p.add_argument("--trials", type=int, default=30, help="batches")
+    p.add_argument("--ref-episodes", type=int, default=2000, help="HF episodes of the reference")
+    p.add_argument("--adv", choices=["mc", "critic"], default="critic",
+                   help="mc: discounted returns, no baseline; critic: fitted HF/LF critics "
+                        "(HF: MC return minus V_H; LF: bootstrapped with V_L)")
+    p.add_argument("--gae-lambda", type=float, default=1.0, help="lambda of the advantages")
+    p.add_argument("--gamma", type=float, default=0.99)
+    p.add_argument("--synced", default="10x16,20x16,40x8",
+                   help="synced variants kxM, comma-separated ('' for none)")
+    p.add_argument("--pool", type=int, default=16, help="episode pairing: pool per paired episode")
+    p.add_argument("--no-episode", action="store_true", help="skip episode pairing")
+    p.add_argument("--ema", type=float, default=0.9, help="EMA of c across batches")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="rollout threads")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    return p.parse_args()
+
+
+def summarise(trials: list[TrialEstimate], g_ref: np.ndarray, ema: float) -> dict[str, float]:
+    """Variance/MSE ratios to HF-only for the c rules, plus pair statistics."""
+    g_hf = np.stack([t.g_hf for t in trials])
+    mse_hf = float(np.mean(np.sum((g_hf - g_ref) ** 2, axis=1)))
+    var_hf = float(np.sum(np.var(g_hf, axis=0, ddof=1)))
+
+    def ratios(cs: list[float]) -> tuple[float, float, float]:
+        g = np.stack([t.g_mf(c) for t, c in zip(trials, cs, strict=True)])
+        mse = float(np.mean(np.sum((g - g_ref) ** 2, axis=1)))
+        bias = np.mean(g, axis=0) - g_ref
+        se = np.std(g, axis=0, ddof=1) / np.sqrt(len(trials))
+        return (mse / mse_hf, float(np.sum(np.var(g, axis=0, ddof=1))) / var_hf,
+                float(np.mean(np.abs(bias) / np.maximum(se, 1e-30))))
+
+    def ema_coefs(key: str) -> list[float]:
+        tracker = CoefEMA(ema=ema, min_pairs=20)
+        return [tracker.coef_for(getattr(t, key)) for t in trials]
+
+    c_f, c_g = ema_coefs("moments"), ema_coefs("grad_moments")
+    c_o = oracle_coef(trials, g_ref)
+    out: dict[str, float] = {}
+    for name, cs in (("ema_f", c_f), ("ema_grad", c_g), ("oracle", [c_o] * len(trials))):
+        mse, var, z = ratios(cs)
+        out |= {f"mse_ratio_{name}": mse, f"var_ratio_{name}": var, f"c_{name}": float(np.mean(cs)),
+                f"mean_abs_z_{name}": z}
+    rho = float(np.mean([t.moments.rho for t in trials]))
+    out |= {"rho_f": rho, "pred_1_minus_rho2": 1 - rho**2,
+            "rho_grad": float(np.mean([t.grad_moments.rho for t in trials]))}
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    policy = GaussianPolicy(6, 1)
+    hfc = BatchedCollector(ENV, fidelity=args.hf, n_envs=4096, nthread=args.threads)
+    lfc = BatchedCollector(ENV, fidelity=args.lf, n_envs=8192, nthread=args.threads)
+    t0 = time.perf_counter()
+    hf_v, lf_v = zero_value, zero_value
+    if args.adv == "critic":
+        hf_v = fit_value_function(policy, simulate_hf_buffer(hfc, policy, 100, args.horizon, rng),
+                                  args.gamma, seed=args.seed)
+        lf_v = fit_value_function(policy, simulate_hf_buffer(lfc, policy, 100, args.horizon, rng),
+                                  args.gamma, seed=args.seed + 1)
+    ref = simulate_hf_buffer(hfc, policy, args.ref_episodes, args.horizon, rng)
+    g_ref = hf_gradient(policy, ref, hf_advantages(ref, hf_v, args.gamma, args.gae_lambda))
+    print(f"reference: {len(ref)} HF steps, |g_ref| = {np.linalg.norm(g_ref):.4g} "
+          f"({time.perf_counter() - t0:.1f} s)")
+
+    variants: dict[str, object] = {}
+    for spec in filter(None, args.synced.split(",")):
+        k, m = (int(x) for x in spec.split("x"))
+        variants[f"synced k={k} M={m}"] = SyncedPairing(lfc, k, m, args.gamma, args.gae_lambda)
+    if not args.no_episode:
+        variants[f"episode pool={args.pool}"] = EpisodePairing(
+            lfc, args.pool, args.horizon, args.gamma, args.gae_lambda)
+    batches = [simulate_hf_buffer(hfc, policy, args.episodes, args.horizon, rng)
+               for _ in range(args.trials)]
+    hf_steps = sum(len(b) for b in batches)
+    results = {}
+    for name, pairing in variants.items():
+        t1 = time.perf_counter()
+        trials, lf_steps = [], 0
+        gen = torch.Generator().manual_seed(args.seed)
+        for buf in batches:
+            lf = pairing.collect(buf, policy, lf_v, lambda r: r, rng)
+            lf_steps += lf.lf_steps
+            adv = hf_advantages(buf, hf_v, args.gamma, args.gae_lambda)
+            trials.append(mf_trial(policy, buf, lf, adv, n_dirs=4, generator=gen))
+        res = summarise(trials, g_ref, args.ema)
+        res |= {"lf_steps_per_hf_step": lf_steps / hf_steps, "time_s": time.perf_counter() - t1}
+        results[name] = res
+        print(f"{name:24s} MSE ratio: c_ema(f) {res['mse_ratio_ema_f']:.3f}  "
+              f"c_ema(grad) {res['mse_ratio_ema_grad']:.3f}  c_oracle {res['mse_ratio_oracle']:.3f}"
+              f" | var ratio c_ema(f) {res['var_ratio_ema_f']:.3f} | rho_f {res['rho_f']:.3f} "
+              f"(1-rho^2 {res['pred_1_minus_rho2']:.3f}) rho_grad {res['rho_grad']:.3f} | "
+              f"c {res['c_ema_f']:.3g}/{res['c_ema_grad']:.3g}/{res['c_oracle']:.3g} | "
+              f"|bias|/se {res['mean_abs_z_ema_f']:.2f} | LF/HF {res['lf_steps_per_hf_step']:.0f}"
+              f" | {res['time_s']:.0f} s", flush=True)
+    if args.json:
+        payload = {
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                        "note": "shared with other jobs; timings are noisy"},
+            "hf_steps_per_batch": hf_steps / args.trials,
+            "g_ref_norm": float(np.linalg.norm(g_ref)),
+            "results": results,
+        }
+        args.json.write_text(json.dumps(payload, indent=2))
+    hfc.close()
+    lfc.close()
+
+
+if __name__ == "__main__":
+    main()

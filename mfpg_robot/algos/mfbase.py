@@ -1,0 +1,222 @@
+"""The low-fidelity half of MF-PPO and MF-REINFORCE, and their shared bookkeeping.
+
+`LFSide` owns everything LF: the batched collector on the LF model (`lf.env`, `lf.fidelity`),
+the pairing (`lf.pairing`), an LF critic with its own optimiser, the control-variate
+coefficient tracker (`mf.c_ema`, `mf.min_pairs`) and a seeded generator for LF noise and
+starts. Design choices (each keeps the HF/LF correlation or the estimate unbiased):
+
+- One observation normalisation for both fidelities: the LF critic and the policy share the
+  policy's `RunningObsNorm`, updated on HF observations only (`Algorithm.update`), so a
+  paired HF and LF state are scaled identically and the same eps gives the same action.
+- LF rewards are scaled by the HF reward scaler without updating it.
+- The LF critic is its own network trained on LF targets (bootstrapping LF segments and
+  episodes needs LF values; HF values of LF states would be biased by the model gap). It
+  starts as a copy of the HF critic, so that the value terms of HF and LF advantages agree
+  at first instead of adding independent noise. Its separate Adam is not accelerated: only
+  the policy and HF critic follow `algo.accel`.
+- Advantages are normalised over the whole iteration, not per minibatch: HF with HF
+  statistics, LF with one mean/std over paired and reference samples together (paired and
+  reference must be transformed identically for the correction to stay zero-mean).
+- `c` is estimated once per iteration from on-policy (epoch-0) values, where the pair
+  moments describe the samples, and applied from the EMA of earlier iterations (the current
+  batch never sets its own c; see `mfpg_robot.estimators`).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from mfpg_robot.config import TrainConfig
+from mfpg_robot.estimators import (
+    CoefEMA,
+    MFStats,
+    align_pairs,
+    pair_moments,
+    projected_sample_grads,
+    projected_variance_ratio,
+    random_directions,
+)
+from mfpg_robot.pairing import EpisodePairing, LFPart, LFSamples, Pairing, SyncedPairing
+from mfpg_robot.policy import Critic, GaussianPolicy
+from mfpg_robot.reward_norm import RewardScaler
+from sim.batched import BatchedCollector
+
+#: Most LF copies stepped in one batched call (larger batches are chunked).
+MAX_LF_BATCH = 8192
+#: LF critic training samples per HF sample (random subset of the LF samples).
+LF_CRITIC_SAMPLES_PER_HF = 8
+#: Random directions for the measured gradient-variance ratio, and samples per side it uses.
+STAT_DIRECTIONS = 2
+STAT_MAX_SAMPLES = 4096
+#: Seed offset of the LF generator (keeps it independent of the HF noise stream).
+LF_SEED_OFFSET = 7919
+
+
+def hf_time_limit(env_id: str) -> int:
+    """The HF env's episode step limit (episode pairing's LF horizon cap)."""
+    spec = gym.spec(env_id)
+    if spec.max_episode_steps is None:
+        raise ValueError(f"hf.env '{env_id}' has no max_episode_steps; episode pairing needs one")
+    return int(spec.max_episode_steps)
+
+
+def normalise(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """(x - mean(ref)) / (std(ref) + 1e-8)."""
+    if ref.size < 2:
+        return x - (ref.mean() if ref.size else 0.0)
+    return (x - ref.mean()) / (ref.std(ddof=1) + 1e-8)
+
+
+class LFSide:
+    """LF collection, LF critic and the coefficient c of one multi-fidelity algorithm."""
+
+    def __init__(
+        self, cfg: TrainConfig, policy: GaussianPolicy, hf_critic: Critic,
+        reward_scaler: RewardScaler | None, gae_lambda: float,
+    ) -> None:
+        lf, a = cfg.lf, cfg.algo
+        self.cfg, self.policy, self.reward_scaler = cfg, policy, reward_scaler
+        env_id = lf.env or cfg.hf.env
+        need = cfg.hf.steps_per_iter * (lf.M + 1) if lf.pairing == "synced" else MAX_LF_BATCH
+        self.collector = BatchedCollector(env_id, fidelity=lf.fidelity,
+                                          n_envs=min(need, MAX_LF_BATCH), nthread=lf.nthread)
+        if self.collector.obs_dim != policy.obs_dim or self.collector.act_dim != policy.act_dim:
+            raise ValueError(
+                f"lf.env '{env_id}' has obs/act dims ({self.collector.obs_dim}, "
+                f"{self.collector.act_dim}) but hf.env has ({policy.obs_dim}, {policy.act_dim});"
+                f" the LF env must be a model of the same task"
+            )
+        self.pairing: Pairing
+        if lf.pairing == "synced":
+            self.pairing = SyncedPairing(self.collector, lf.k, lf.M, a.gamma, gae_lambda)
+        else:
+            self.pairing = EpisodePairing(self.collector, lf.lf_pool_per_hf,
+                                          hf_time_limit(cfg.hf.env), a.gamma, gae_lambda)
+        self.critic = copy.deepcopy(hf_critic)
+        self.critic.obs_norm = policy.obs_norm  # shared, not a copy
+        self.critic_opt = torch.optim.Adam(self.critic.v.parameters(), lr=a.lr, eps=1e-5)
+        self.coef = CoefEMA(cfg.mf.c_ema, cfg.mf.min_pairs)
+        self.rng = np.random.default_rng(cfg.seed + LF_SEED_OFFSET)
+        self.stat_gen = torch.Generator().manual_seed(cfg.seed + LF_SEED_OFFSET)
+
+    def close(self) -> None:
+        self.collector.close()
+
+    # -- collection -------------------------------------------------------------------------
+    @torch.no_grad()
+    def value(self, obs: np.ndarray) -> np.ndarray:
+        out = [self.critic(torch.as_tensor(obs[i : i + 65536])).double().numpy()
+               for i in range(0, obs.shape[0], 65536)]
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def scale_rewards(self, rewards: np.ndarray) -> np.ndarray:
+        return rewards if self.reward_scaler is None else self.reward_scaler.scale(rewards)
+
+    def collect(self, buffer: Any) -> LFSamples:
+        """The LF samples paired with this HF rollout (advantages from the LF critic)."""
+        return self.pairing.collect(buffer, self.policy, self.value, self.scale_rewards, self.rng)
+
+    # -- control variate --------------------------------------------------------------------
+    def coefficient(
+        self, f_h: np.ndarray, f_p: np.ndarray, f_r: np.ndarray, lf: LFSamples
+    ) -> tuple[float, float, float]:
+        """(c to apply, this batch's rho, this batch's own c estimate) from epoch-0 values."""
+        x_h, x_l = align_pairs(f_h, f_p, lf.partner, f_r, lf.ref.anchor)
+        m = pair_moments(x_h, x_l)
+        c_batch = self.coef.batch_coef(m)
+        return self.coef.coef_for(m), m.rho, (np.nan if c_batch is None else c_batch)
+
+    def gradient_stats(
+        self, per_sample_fn: Any, hf: tuple[torch.Tensor, ...], lf: LFSamples,
+        lf_adv: tuple[np.ndarray, np.ndarray], c: float,
+    ) -> tuple[float, float]:
+        """Measured per-sample variance ratio of the projected gradient and its best c."""
+        if lf.n_pairs < 2:
+            return float("nan"), float("nan")
+        dirs = random_directions(self.policy, STAT_DIRECTIONS, self.stat_gen)
+        pairs = np.flatnonzero(lf.partner >= 0)[:STAT_MAX_SAMPLES]
+        rows = lf.partner[pairs]
+        paired = lf.paired.take(pairs)
+        if (lf.ref.anchor >= 0).any():
+            ref_idx = np.flatnonzero(np.isin(lf.ref.anchor, rows))
+        else:
+            ref_idx = self.rng.permutation(len(lf.ref))[:STAT_MAX_SAMPLES]
+        ref = lf.ref.take(ref_idx)
+        # renumber HF rows to the subset
+        remap = {int(r): i for i, r in enumerate(rows)}
+        ref_anchor = np.array([remap.get(int(a), -1) for a in ref.anchor], dtype=np.int64)
+        proj_h = projected_sample_grads(self.policy, per_sample_fn,
+                                        tuple(x[rows] for x in hf), dirs)
+        proj_p = projected_sample_grads(self.policy, per_sample_fn,
+                                        _tensors(paired, lf_adv[0][pairs]), dirs)
+        proj_r = projected_sample_grads(self.policy, per_sample_fn,
+                                        _tensors(ref, lf_adv[1][ref_idx]), dirs)
+        x_h, x_l = align_pairs(proj_h, proj_p, np.arange(rows.size), proj_r, ref_anchor)
+        pool = proj_r if (ref_anchor < 0).all() else None
+        return projected_variance_ratio(x_h, x_l, c, pool)
+
+    def stats(
+        self, c: float, rho: float, c_batch: float, grad: tuple[float, float], lf: LFSamples,
+    ) -> dict[str, float]:
+        mf = MFStats(rho=rho, c=c, c_batch=c_batch, var_reduction_pred=1.0 - rho**2,
+                     var_ratio_grad=grad[0], c_grad=grad[1], n_pairs=lf.n_pairs)
+        returns = lf.rollout_returns
+        steps = lf.rollout_lengths.sum()
+        return {
+            **mf.as_dict(),
+            "lf/return_mean": float(returns.mean()) if returns.size else float("nan"),
+            "lf/reward_per_step": float(returns.sum() / steps) if steps else float("nan"),
+            "lf/samples": float(len(lf.paired) + len(lf.ref)),
+            "lf/steps": float(lf.lf_steps),
+        }
+
+    # -- LF critic --------------------------------------------------------------------------
+    def fit_critic(self, lf: LFSamples, n_hf: int, epochs: int, minibatches: int,
+                   generator: torch.Generator) -> float:
+        """Regress the LF critic on LF value targets (a random subset); returns the last loss."""
+        obs = np.concatenate([lf.paired.obs, lf.ref.obs])
+        target = np.concatenate([lf.paired.returns, lf.ref.returns])
+        if obs.shape[0] == 0:
+            return float("nan")
+        keep = self.rng.permutation(obs.shape[0])[: LF_CRITIC_SAMPLES_PER_HF * n_hf]
+        x = torch.as_tensor(obs[keep])
+        y = torch.as_tensor(target[keep], dtype=torch.float32)
+        loss = torch.zeros(())
+        for _ in range(epochs):
+            for idx in torch.randperm(x.shape[0], generator=generator).tensor_split(minibatches):
+                if idx.numel() == 0:
+                    continue
+                self.critic_opt.zero_grad()
+                loss = 0.5 * ((self.critic(x[idx]) - y[idx]) ** 2).mean()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.critic.v.parameters(),
+                                               self.cfg.algo.max_grad_norm)
+                self.critic_opt.step()
+        return float(loss.detach())
+
+    # -- checkpoint -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "critic_v": self.critic.v.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "coef": self.coef.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "stat_gen": self.stat_gen.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.critic.v.load_state_dict(state["critic_v"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.coef.load_state_dict(state["coef"])
+        self.rng.bit_generator.state = state["rng"]
+        self.stat_gen.set_state(state["stat_gen"])
+
+
+def _tensors(part: LFPart, adv: np.ndarray) -> tuple[torch.Tensor, ...]:
+    return (torch.as_tensor(part.obs), torch.as_tensor(part.actions),
+            torch.as_tensor(adv, dtype=torch.float32))
