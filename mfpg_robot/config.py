@@ -156,7 +156,7 @@ class RunConfig(StrictModel):
     """Where and how often the run writes."""
 
     dir: str | None = Field(
-        default=None, description="run folder; null = runs/<algo>-<env>-s<seed>-<time>"
+        default=None, description="run folder; null = ./runs/<algo>-<env>-s<seed>-<time>"
     )
     checkpoint_every: int = Field(
         default=10, ge=0, description="iterations between checkpoints (0 = final only)"

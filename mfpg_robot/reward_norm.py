@@ -5,6 +5,11 @@ Gymnasium's `NormalizeReward` wrapper, made explicit so that the trainer owns it
 without updating it. Per step: R <- gamma R + r (R reset to 0 after an episode ends,
 terminated or truncated), the running variance of R is updated, and the reward is divided
 by sqrt(var + eps) and clipped to +-clip. Rewards are scaled, not centred.
+
+One deliberate difference: Gymnasium computes R <- gamma (1 - terminated) R + r, so a terminal
+reward starts the next return and a truncation does not restart it; here every step's reward
+joins its own episode's return, and the return restarts after any episode end. Without
+episode ends the two are identical (tested).
 """
 
 from __future__ import annotations

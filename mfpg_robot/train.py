@@ -31,7 +31,7 @@ from mfpg_robot.buffer import HFCollector
 from mfpg_robot.config import TrainConfig, load_train_config
 from mfpg_robot.policy import Critic, GaussianPolicy
 from mfpg_robot.run_dir import CHECKPOINT_FORMAT, RunDir
-from sim.robot_config import REPO_ROOT, ConfigError
+from sim.robot_config import ConfigError
 
 RECENT_EPISODES = 20  # episodes averaged in `return_recent`
 
@@ -78,10 +78,10 @@ def make_hf_env(cfg: TrainConfig) -> gym.Env:
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
-    """runs/<algo>-<env>-s<seed>-<YYYYmmdd-HHMMSS> under the repository root."""
+    """runs/<algo>-<env>-s<seed>-<YYYYmmdd-HHMMSS> under the current directory."""
     env = cfg.hf.env.replace("/", "_")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return REPO_ROOT / "runs" / f"{cfg.algo.name}-{env}-s{cfg.seed}-{stamp}"
+    return Path("runs") / f"{cfg.algo.name}-{env}-s{cfg.seed}-{stamp}"
 
 
 def checkpoint_payload(
@@ -108,7 +108,13 @@ def train(
     config: TrainConfig | str | Path, overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainResult:
     """Run the training described by `config` (a TrainConfig, or a YAML path + overrides)."""
-    cfg = config if isinstance(config, TrainConfig) else load_train_config(config, overrides)
+    if isinstance(config, TrainConfig):
+        if overrides:
+            raise ValueError("overrides apply to a config file; pass a path, or a changed "
+                             "TrainConfig (cfg.model_copy(update=...)) without overrides")
+        cfg = config
+    else:
+        cfg = load_train_config(config, overrides)
     env = make_hf_env(cfg)
     try:
         return _train(cfg, env)
@@ -124,13 +130,26 @@ def _train(cfg: TrainConfig, env: gym.Env) -> TrainResult:
     noise = np.random.default_rng(cfg.seed)
     algo = make_algorithm(cfg, obs_dim, act_dim)
     collector = HFCollector(env, algo.policy, noise, seed=cfg.seed)
-    run = RunDir(cfg.run.dir or default_run_dir(cfg), cfg)
+    try:
+        run = RunDir(cfg.run.dir or default_run_dir(cfg), cfg)
+        try:
+            return _loop(cfg, algo, collector, run, noise)
+        finally:
+            run.close()
+    finally:
+        algo.close()
+
+
+def _loop(
+    cfg: TrainConfig, algo: Algorithm, collector: HFCollector, run: RunDir,
+    noise: np.random.Generator,
+) -> TrainResult:
     n_iter, per_iter = cfg.num_iterations, cfg.hf.steps_per_iter
     recent: deque[float] = deque(maxlen=RECENT_EPISODES)
     bar = tqdm(total=n_iter * per_iter, unit="step", disable=not cfg.run.progress,
                desc=f"{cfg.algo.name} {cfg.hf.env}", dynamic_ncols=True)
     start = time.perf_counter()
-    iteration = 0
+    completed = 0  # iterations fully done (learned from and logged)
     try:
         for iteration in range(1, n_iter + 1):
             t0 = time.perf_counter()
@@ -153,12 +172,14 @@ def _train(cfg: TrainConfig, env: gym.Env) -> TrainResult:
                 "time_s": time.perf_counter() - start,
             }
             run.log(row)
+            completed = iteration
             bar.update(per_iter)
-            bar.set_postfix(ret=f"{row['return_recent']:.1f}", kl=f"{metrics['approx_kl']:.4f}")
+            kl = metrics.get("approx_kl", math.nan)
+            bar.set_postfix(ret=f"{row['return_recent']:.1f}", kl=f"{kl:.4f}")
             if cfg.run.progress and iteration % cfg.run.log_every == 0:
                 bar.write(
                     f"iter {iteration:4d}  steps {row['hf_steps']:8d}  "
-                    f"return {row['return_recent']:9.2f}  kl {metrics['approx_kl']:.4f}  "
+                    f"return {row['return_recent']:9.2f}  kl {kl:.4f}  "
                     f"lr {metrics['lr']:.2e}  {row['sps']:6.0f} steps/s"
                 )
             every = cfg.run.checkpoint_every
@@ -166,14 +187,12 @@ def _train(cfg: TrainConfig, env: gym.Env) -> TrainResult:
                 payload = checkpoint_payload(cfg, algo, iteration, collector.total_steps, noise)
                 run.save_checkpoint(payload, f"iter_{iteration:06d}")
     except KeyboardInterrupt:
-        payload = checkpoint_payload(cfg, algo, iteration, collector.total_steps, noise)
+        payload = checkpoint_payload(cfg, algo, completed, completed * per_iter, noise)
         run.save_checkpoint(payload, "interrupted")
-        run.close()
         raise
     finally:
         bar.close()
-    payload = checkpoint_payload(cfg, algo, iteration, collector.total_steps, noise)
+    payload = checkpoint_payload(cfg, algo, completed, collector.total_steps, noise)
     ckpt = run.save_checkpoint(payload, "final")
     plot = run.plot()
-    run.close()
     return TrainResult(algo.policy, algo.critic, algo, cfg, run.history, run.path, ckpt, plot)

@@ -10,15 +10,18 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from mfpg_robot.algos import make_algorithm
 from mfpg_robot.algos.ppo import PPO, clipped_surrogate, value_loss
 from mfpg_robot.buffer import HFCollector, RolloutBuffer
+from mfpg_robot.cli import main
 from mfpg_robot.config import validate_train_config
 from mfpg_robot.gae import compute_gae
 from mfpg_robot.reward_norm import RewardScaler
 from mfpg_robot.run_dir import load_checkpoint, policy_from_checkpoint
 from mfpg_robot.train import train
+from sim.robot_config import REPO_ROOT
 from sim.state import RobotState
 
 FURUTA = "mfpg/FurutaSwingup-v0"
@@ -267,3 +270,35 @@ def test_ppo_improves_furuta_reduced_return(tmp_path: Path, seed: int) -> None:
     final = np.mean([r["return_mean"] for r in hist[-2:]])
     assert final > initial + 40, [round(r["return_mean"], 1) for r in hist]
     assert final > 140
+
+
+def test_train_cli_runs_a_config_file_with_overrides(tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "cli_run"
+    code = main(["train", str(REPO_ROOT / "configs" / "train" / "ppo_furuta.yaml"),
+                 "--set", "hf.fidelity=reduced", "--set", "hf.steps_per_iter=256",
+                 "--set", "hf.total_steps=256", "--set", "algo.update_epochs=1",
+                 "--set", "algo.num_minibatches=2", "--set", "run.progress=false",
+                 "--set", f"run.dir={run_dir}"])
+    assert code == 0
+    assert f"run folder: {run_dir}" in capsys.readouterr().out
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["hf"]["total_steps"] == 256 and saved["algo"]["num_minibatches"] == 2
+    assert (run_dir / "checkpoints" / "final.pt").is_file()
+
+
+def test_interrupt_saves_a_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    calls = {"n": 0}
+    original = HFCollector.collect
+
+    def collect_then_interrupt(self, n_steps):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, n_steps)
+
+    monkeypatch.setattr(HFCollector, "collect", collect_then_interrupt)
+    cfg = _cfg(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    ckpt = load_checkpoint(Path(cfg.run.dir) / "checkpoints" / "interrupted.pt")
+    assert ckpt["iteration"] == 1 and ckpt["hf_steps"] == 256

@@ -94,6 +94,9 @@ class Algorithm(ABC):
     def _learn(self, buffer: RolloutBuffer) -> dict[str, float]:
         """Gradient steps on one HF rollout; returns scalar metrics (losses, KL, ...)."""
 
+    def close(self) -> None:  # noqa: B027 (a hook: the base holds nothing to release)
+        """Release what the algorithm holds besides tensors (MF variants: LF thread pools)."""
+
     # -- checkpoint state -----------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
