@@ -44,7 +44,9 @@ Closure = Callable[[], Tensor]
 ACCELERATORS = ("none", "optimistic", "extragradient", "nesterov", "meta")
 
 
-def _check_number(name: str, value: Any, low: float, high: float, *, open_low: bool = False):
+def _check_number(
+    name: str, value: Any, low: float, high: float, *, open_low: bool = False
+) -> float:
     """Return `value` as float; raise ValueError unless it is finite and in range."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"accel config {name!r} must be a number, got {value!r}")
@@ -107,6 +109,11 @@ class Accelerator:
                     f"parameter {i} is not in the optimizer's param_groups; pass the same "
                     "parameters the optimizer was built with"
                 )
+        if held - {id(p) for p in self.params}:
+            raise ValueError(
+                "the optimizer holds parameters not passed to the accelerator; pass all of "
+                "the optimizer's parameters (the rules move and restore them together)"
+            )
         unknown = sorted(set(cfg) - set(self.config_defaults))
         if unknown:
             valid = ", ".join(sorted(self.config_defaults)) or "none"

@@ -240,6 +240,8 @@ def test_parameters_must_belong_to_the_optimizer():
         make_accelerator("none", [q], torch.optim.SGD([p], lr=0.1))
     with pytest.raises(ValueError, match="no parameters"):
         make_accelerator("none", [], torch.optim.SGD([p], lr=0.1))
+    with pytest.raises(ValueError, match="holds parameters not passed to the accelerator"):
+        make_accelerator("extragradient", [p], torch.optim.SGD([p, q], lr=0.1))
 
 
 def test_closure_must_return_the_loss():
