@@ -32,6 +32,13 @@ Flags and enums: `MsgType`, `ErrorCode`, `StatusFlag`, `FaultFlag`, `StateField`
     `decode_faults(bits) -> list[str]`.
 Helpers and tables: `next_seq(seq)`, `REPLY_TYPE` (request type -> expected reply type),
     `ROBOT_MODEL_IDS` (name -> id), `robot_model_name(model_id)`.
+
+Cost (a 250 Hz host loop encodes and decodes four frames per step): frames are packed with
+one precompiled `struct.Struct` per message layout and count; flags and enums come from
+lookup tables, not IntFlag/IntEnum construction. A decoded COMMAND, STATE or ACK that passes
+the decoder's checks (counts, finiteness; its floats are float32 by construction) is built
+without re-running the constructor's checks; anything else goes through the validating
+constructor, so decoding accepts and refuses exactly what construction does.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, TypeVar
 
 from hardware.crc import crc16
 
@@ -165,6 +172,8 @@ class StateField(enum.IntFlag):
 def decode_faults(bits: int) -> list[str]:
     """Names of the fault bits set in `bits`, lowest bit first; unknown bits as 'BIT<n>'."""
     bits = _uint("fault bits", bits, 16)
+    if not bits:
+        return []
     names = []
     for n in range(16):
         if bits >> n & 1:
@@ -173,6 +182,17 @@ def decode_faults(bits: int) -> list[str]:
 
 
 _FAULT_NAMES = {int(f): f.name for f in FaultFlag}
+_STATUS_FLAGS = tuple(StatusFlag(bits) for bits in range(256))  # status byte -> StatusFlag
+_FAULT_FLAGS: dict[int, FaultFlag] = {}  # fault word -> FaultFlag, filled as words are seen
+_STATE_FIELD_BITS = int(StateField.CURRENT | StateField.TEMPERATURE)
+
+
+def _fault_flag(bits: int) -> FaultFlag:
+    """`FaultFlag(bits)` for a 16-bit word, memoised (IntFlag construction is slow)."""
+    flag = _FAULT_FLAGS.get(bits)
+    if flag is None:
+        flag = _FAULT_FLAGS[bits] = FaultFlag(bits)
+    return flag
 
 
 def next_seq(seq: int) -> int:
@@ -206,11 +226,21 @@ def _uint(name: str, value: int, bits: int, low: int = 0, high: int | None = Non
     return value
 
 
+_MEMBERS: dict[type[enum.IntEnum], dict[int, enum.IntEnum]] = {
+    cls: {member.value: member for member in cls} for cls in (MsgType, ErrorCode)
+}
+
+
 def _enum(name: str, cls: type[enum.IntEnum], value: int) -> enum.IntEnum:
+    """`cls(value)` (same values accepted) through a lookup table."""
     try:
-        return cls(value)
-    except ValueError:
+        return _MEMBERS[cls][value]
+    except (KeyError, TypeError):
         raise _bad(f"{name}: {value!r} is not a valid {cls.__name__}") from None
+
+
+# n little-endian float32s, for every n a payload can hold
+_F32 = tuple(struct.Struct(f"<{n}f") for n in range(MAX_PAYLOAD // 4 + 1))
 
 
 def _f32s(
@@ -219,19 +249,21 @@ def _f32s(
     """Validate a float array (1..MAX_JOINTS values, as many as `like` = (name, count) if
     given) and round it to float32."""
     try:
-        floats = [float(v) for v in values]
+        floats = tuple(map(float, values))
     except (TypeError, ValueError):
         raise _bad(f"{name} must be a sequence of numbers, got {values!r}") from None
-    if not 1 <= len(floats) <= MAX_JOINTS:
-        raise _bad(f"{name} must hold 1..{MAX_JOINTS} values, got {len(floats)}")
-    if like is not None and len(floats) != like[1]:
-        raise _bad(f"{name} must hold {like[1]} values (as many as {like[0]}), got {len(floats)}")
-    for i, v in enumerate(floats):
-        if not math.isfinite(v):
-            raise _bad(f"{name}[{i}] must be finite, got {v}")
-    fmt = f"<{len(floats)}f"
+    n = len(floats)
+    if not 1 <= n <= MAX_JOINTS:
+        raise _bad(f"{name} must hold 1..{MAX_JOINTS} values, got {n}")
+    if like is not None and n != like[1]:
+        raise _bad(f"{name} must hold {like[1]} values (as many as {like[0]}), got {n}")
+    if not math.isfinite(sum(floats)):  # a finite sum proves every value finite
+        for i, v in enumerate(floats):
+            if not math.isfinite(v):
+                raise _bad(f"{name}[{i}] must be finite, got {v}")
+    packer = _F32[n]
     try:
-        return struct.unpack(fmt, struct.pack(fmt, *floats))
+        return packer.unpack(packer.pack(*floats))
     except OverflowError:
         raise _bad(f"{name} has a value beyond the float32 range (+-3.4e38): {floats}") from None
 
@@ -242,6 +274,20 @@ def _expect_len(cls: type[Message], payload: bytes, expected: int) -> None:
             f"{cls.TYPE.name} payload must be {expected} bytes, got {len(payload)}",
             code=ErrorCode.BAD_LENGTH,
         )
+
+
+_M = TypeVar("_M", bound="Message")
+
+
+def _trusted(cls: type[_M], fields: dict[str, object]) -> _M:
+    """A `cls` message holding `fields` as given, bypassing `__post_init__`.
+
+    Only for values the decoder has already checked to be exactly what the validating
+    constructor would store (same types, ranges, float32 values): decoded hot-path messages.
+    """
+    msg = object.__new__(cls)
+    object.__setattr__(msg, "__dict__", fields)
+    return msg
 
 
 # ------------------------------------------------------------------------------ messages
@@ -255,6 +301,10 @@ class Message:
 
     def _pack(self) -> bytes:
         return b""
+
+    def _encode(self, seq: int) -> bytes:
+        """The complete frame (seq already checked); subclasses may pack it in one go."""
+        return _frame(self.TYPE.value, self._pack(), seq)
 
     @classmethod
     def _unpack(cls, payload: bytes) -> Message:
@@ -308,9 +358,12 @@ class Command(Message):
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", _f32s("Command.targets", self.targets))
 
-    def _pack(self) -> bytes:
-        n = len(self.targets)
-        return struct.pack(f"<B{n}f", n, *self.targets)
+    def _encode(self, seq: int) -> bytes:
+        targets = self.targets
+        n = len(targets)
+        length = 1 + 4 * n
+        head = (length, seq, _COMMAND_ID, _hck(length, seq, _COMMAND_ID), n)
+        return _seal(_COMMAND_FRAME[n].pack(*head, *targets))
 
     @classmethod
     def _unpack(cls, payload: bytes) -> Command:
@@ -318,7 +371,16 @@ class Command(Message):
             _expect_len(cls, payload, 1)
         n = payload[0]
         _expect_len(cls, payload, 1 + 4 * n)
-        return cls(struct.unpack_from(f"<{n}f", payload, 1))
+        targets = _F32[n].unpack_from(payload, 1)
+        if not 1 <= n <= MAX_JOINTS or not math.isfinite(sum(targets)):
+            return cls(targets)  # invalid: the validating constructor raises its error
+        return _trusted(cls, {"targets": targets})  # float32 by construction
+
+
+_COMMAND_ID = MsgType.COMMAND.value
+_COMMAND_FRAME = tuple(
+    struct.Struct(f"<HHBBB{n}f") for n in range(MAX_JOINTS + 1)
+)  # frame without sync and CRC, by target count
 
 
 @dataclass(frozen=True)
@@ -442,7 +504,11 @@ class Ack(Message):
     @classmethod
     def _unpack(cls, payload: bytes) -> Ack:
         _expect_len(cls, payload, 1)
-        return cls(payload[0])
+        ack = _ACKS.get(payload[0])
+        return cls(payload[0]) if ack is None else ack  # None: the constructor raises
+
+
+_ACKS = {int(t): Ack(t) for t in MsgType if t.is_request}  # immutable, so shared
 
 
 _STATE_HEAD = struct.Struct("<QBHBBB")
@@ -467,8 +533,8 @@ class StateReply(Message):
 
     def __post_init__(self) -> None:
         _uint("StateReply.timestamp_us", self.timestamp_us, 64)
-        status = StatusFlag(_uint("StateReply.status", self.status, 8))
-        faults = FaultFlag(_uint("StateReply.faults", self.faults, 16))
+        status = _STATUS_FLAGS[_uint("StateReply.status", self.status, 8)]
+        faults = _fault_flag(_uint("StateReply.faults", self.faults, 16))
         position = _f32s("StateReply.position", self.position)
         velocity = _f32s("StateReply.velocity", self.velocity, ("position", len(position)))
         current = None if self.current is None else _f32s("StateReply.current", self.current)
@@ -486,64 +552,100 @@ class StateReply(Message):
         ):
             object.__setattr__(self, name, value)
 
+    # Flag tests on the int value: IntFlag operators cost microseconds each.
     @property
     def enabled(self) -> bool:
         """Torque is on."""
-        return StatusFlag.ENABLED in self.status
+        return bool(int(self.status) & _ENABLED_BIT)
 
     @property
     def estopped(self) -> bool:
         """The e-stop is latched."""
-        return StatusFlag.ESTOPPED in self.status
+        return bool(int(self.status) & _ESTOPPED_BIT)
 
     @property
     def faulted(self) -> bool:
         """A fault is latched (see `fault_names`)."""
-        return StatusFlag.FAULTED in self.status or bool(self.faults)
+        return bool(int(self.status) & _FAULTED_BIT or int(self.faults))
 
     @property
     def fault_names(self) -> list[str]:
         """Names of the latched fault bits."""
         return decode_faults(self.faults)
 
-    def _pack(self) -> bytes:
-        fields = StateField(0)
-        extra: tuple[float, ...] = ()
-        actuators = 0
+    def _encode(self, seq: int) -> bytes:
+        values = self.position + self.velocity
+        fields = actuators = 0
         if self.current is not None:
-            fields |= StateField.CURRENT
-            extra += self.current
-            actuators = len(self.current)
+            fields, actuators = _CURRENT_BIT, len(self.current)
+            values += self.current
         if self.temperature is not None:
-            fields |= StateField.TEMPERATURE
-            extra += self.temperature
-            actuators = len(self.temperature)
-        joints = len(self.position)
-        head = _STATE_HEAD.pack(
-            self.timestamp_us, self.status, self.faults, fields, joints, actuators
+            fields, actuators = fields | _TEMPERATURE_BIT, len(self.temperature)
+            values += self.temperature
+        length = _STATE_HEAD.size + 4 * len(values)
+        head = (
+            length,
+            seq,
+            _STATE_ID,
+            _hck(length, seq, _STATE_ID),
+            self.timestamp_us,
+            int(self.status),
+            int(self.faults),
+            fields,
+            len(self.position),
+            actuators,
         )
-        values = self.position + self.velocity + extra
-        return head + struct.pack(f"<{len(values)}f", *values)
+        return _seal(_STATE_FRAME[len(values)].pack(*head, *values))
 
     @classmethod
     def _unpack(cls, payload: bytes) -> StateReply:
         if len(payload) < _STATE_HEAD.size:
             _expect_len(cls, payload, _STATE_HEAD.size)
         stamp, status, faults, fields, joints, actuators = _STATE_HEAD.unpack_from(payload)
-        if fields & ~int(StateField.CURRENT | StateField.TEMPERATURE):
+        if fields & ~_STATE_FIELD_BITS:
             raise _bad(f"STATE fields byte has unknown bits: 0x{fields:02X}")
-        arrays = [joints, joints]
-        arrays += [actuators] * bin(fields).count("1")
-        _expect_len(cls, payload, _STATE_HEAD.size + 4 * sum(arrays))
-        values = struct.unpack_from(f"<{sum(arrays)}f", payload, _STATE_HEAD.size)
+        extra = actuators * ((fields & _CURRENT_BIT) + (fields >> 1))  # fields: 2 bits
+        count = 2 * joints + extra
+        _expect_len(cls, payload, _STATE_HEAD.size + 4 * count)
+        values = _F32[count].unpack_from(payload, _STATE_HEAD.size)
         position, velocity = values[:joints], values[joints : 2 * joints]
-        rest = values[2 * joints :]
         current = temperature = None
-        if fields & StateField.CURRENT:
-            current, rest = rest[:actuators], rest[actuators:]
-        if fields & StateField.TEMPERATURE:
-            temperature = rest
-        return cls(stamp, status, faults, position, velocity, current, temperature)
+        if fields & _CURRENT_BIT:
+            current = values[2 * joints : 2 * joints + actuators]
+        if fields & _TEMPERATURE_BIT:
+            temperature = values[count - actuators :]
+        if (
+            not 1 <= joints <= MAX_JOINTS
+            or (fields and not 1 <= actuators <= MAX_JOINTS)
+            or not math.isfinite(sum(values))
+        ):
+            # Invalid: the validating constructor raises its precise error.
+            return cls(stamp, status, faults, position, velocity, current, temperature)
+        # Valid: every field is what the constructor would store (floats are float32).
+        return _trusted(
+            cls,
+            {
+                "timestamp_us": stamp,
+                "status": _STATUS_FLAGS[status],
+                "faults": _fault_flag(faults),
+                "position": position,
+                "velocity": velocity,
+                "current": current,
+                "temperature": temperature,
+            },
+        )
+
+
+_STATE_ID = MsgType.STATE.value
+_ENABLED_BIT, _ESTOPPED_BIT, _FAULTED_BIT = (
+    StatusFlag.ENABLED.value,
+    StatusFlag.ESTOPPED.value,
+    StatusFlag.FAULTED.value,
+)
+_CURRENT_BIT, _TEMPERATURE_BIT = StateField.CURRENT.value, StateField.TEMPERATURE.value
+_STATE_FRAME = tuple(
+    struct.Struct(f"<HHBB{_STATE_HEAD.format[1:]}{n}f") for n in range(4 * MAX_JOINTS + 1)
+)  # frame without sync and CRC, by float count
 
 
 @dataclass(frozen=True)
@@ -589,6 +691,7 @@ MESSAGE_CLASSES: MappingProxyType[MsgType, type[Message]] = MappingProxyType(
     }
 )
 """Message class of each type."""
+_CLASS_OF = {int(t): cls for t, cls in MESSAGE_CLASSES.items()}  # type byte -> class
 
 
 @dataclass(frozen=True)
@@ -614,10 +717,24 @@ class Frame(NamedTuple):
 # ---------------------------------------------------------------------------- framing
 
 
-def _header_check(header: bytes | bytearray, pos: int = 0) -> int:
-    """The hck byte for the header whose sync starts at `pos`."""
-    b = header
-    return 0xFF ^ b[pos + 2] ^ b[pos + 3] ^ b[pos + 4] ^ b[pos + 5] ^ b[pos + 6]
+_FRAME_HEAD = struct.Struct("<HHBB")  # len, seq, type, hck (the sync is added by _seal)
+_CRC = struct.Struct("<H")
+
+
+def _hck(length: int, seq: int, type_id: int) -> int:
+    """The header check byte of a frame, from its len, seq and type."""
+    return 0xFF ^ (length & 0xFF) ^ (length >> 8) ^ (seq & 0xFF) ^ (seq >> 8) ^ type_id
+
+
+def _seal(body: bytes) -> bytes:
+    """The frame SYNC + body + CRC, where `body` holds len, seq, type, hck and payload."""
+    return SYNC + body + _CRC.pack(crc16(body))
+
+
+def _frame(type_id: int, payload: bytes, seq: int) -> bytes:
+    """A frame from checked parts (type byte, payload of at most MAX_PAYLOAD bytes, seq)."""
+    n = len(payload)
+    return _seal(_FRAME_HEAD.pack(n, seq, type_id, _hck(n, seq, type_id)) + payload)
 
 
 def encode_raw(type_id: int, payload: bytes, seq: int) -> bytes:
@@ -626,35 +743,23 @@ def encode_raw(type_id: int, payload: bytes, seq: int) -> bytes:
     seq = _uint("seq", seq, 16)
     if len(payload) > MAX_PAYLOAD:
         raise _bad(f"payload is {len(payload)} bytes, the maximum is {MAX_PAYLOAD}")
-    header = bytearray(SYNC + struct.pack("<HHBB", len(payload), seq, type_id, 0))
-    header[7] = _header_check(header)
-    body = bytes(header[2:]) + bytes(payload)
-    return SYNC + body + struct.pack("<H", crc16(body))
+    return _frame(type_id, bytes(payload), seq)
 
 
 def encode(msg: Message, seq: int) -> bytes:
     """Encode `msg` as one frame with sequence number `seq` (0..65535)."""
     if not isinstance(msg, Message) or type(msg) is Message:
         raise TypeError(f"encode needs a protocol message (Hello, Command, ...), got {msg!r}")
-    return encode_raw(msg.TYPE, msg._pack(), seq)
+    if type(seq) is not int or not 0 <= seq < SEQ_MODULO:
+        seq = _uint("seq", seq, 16)  # raises, or converts an integer-like seq
+    return msg._encode(seq)
 
 
 def _decode_message(type_id: int, payload: bytes) -> Message:
-    try:
-        cls = MESSAGE_CLASSES[MsgType(type_id)]
-    except ValueError:
-        raise ProtocolError(
-            f"unknown message type 0x{type_id:02X}", code=ErrorCode.UNKNOWN_TYPE
-        ) from None
+    cls = _CLASS_OF.get(type_id)
+    if cls is None:
+        raise ProtocolError(f"unknown message type 0x{type_id:02X}", code=ErrorCode.UNKNOWN_TYPE)
     return cls._unpack(payload)
-
-
-def _undecodable_or_message(type_id: int, payload: bytes) -> Message | Undecodable:
-    try:
-        return _decode_message(type_id, payload)
-    except ProtocolError as err:
-        assert err.code is not None
-        return Undecodable(type_id, payload, err.code, str(err))
 
 
 def decode_frame(data: bytes | bytearray) -> Frame:
@@ -666,12 +771,12 @@ def decode_frame(data: bytes | bytearray) -> Frame:
         )
     if data[:2] != SYNC:
         raise ProtocolError(f"bad sync bytes {data[:2].hex(' ').upper()}, expected AA 55")
-    if data[7] != _header_check(data):
+    length, seq, type_id, hck = _FRAME_HEAD.unpack_from(data, 2)
+    if hck != _hck(length, seq, type_id):
         raise ProtocolError(
-            f"bad header check byte 0x{data[7]:02X}, expected 0x{_header_check(data):02X}"
+            f"bad header check byte 0x{hck:02X}, expected 0x{_hck(length, seq, type_id):02X}"
             " (corrupted header)"
         )
-    length, seq, type_id = struct.unpack_from("<HHB", data, 2)
     if length > MAX_PAYLOAD:
         raise ProtocolError(f"payload length {length} exceeds the maximum {MAX_PAYLOAD}")
     total = HEADER_SIZE + length + CRC_SIZE
@@ -681,7 +786,7 @@ def decode_frame(data: bytes | bytearray) -> Frame:
             f" ({length}-byte payload); pass exactly one frame"
         )
     expected = crc16(data[2:-CRC_SIZE])
-    received = int.from_bytes(data[-CRC_SIZE:], "little")
+    (received,) = _CRC.unpack_from(data, total - CRC_SIZE)
     if received != expected:
         raise ProtocolError(
             f"bad CRC 0x{received:04X}, expected 0x{expected:04X} (corrupted frame)"
@@ -751,8 +856,8 @@ class FrameDecoder:
             pos = start
             if end - pos < HEADER_SIZE:
                 break
-            length = buf[pos + 2] | buf[pos + 3] << 8
-            if buf[pos + 7] != _header_check(buf, pos) or length > MAX_PAYLOAD:
+            length, seq, type_id, hck = _FRAME_HEAD.unpack_from(buf, pos + 2)
+            if hck != _hck(length, seq, type_id) or length > MAX_PAYLOAD:
                 stats.bad_header += 1
                 stats.dropped_bytes += 1
                 pos += 1
@@ -761,15 +866,19 @@ class FrameDecoder:
             if end - pos < total:
                 break
             crc_end = pos + total - CRC_SIZE
-            if crc16(buf[pos + 2 : crc_end]) != buf[crc_end] | buf[crc_end + 1] << 8:
+            if crc16(buf[pos + 2 : crc_end]) != _CRC.unpack_from(buf, crc_end)[0]:
                 stats.bad_crc += 1
                 stats.dropped_bytes += 1
                 pos += 1
                 continue
-            seq = buf[pos + 4] | buf[pos + 5] << 8
-            msg = _undecodable_or_message(buf[pos + 6], bytes(buf[pos + HEADER_SIZE : crc_end]))
+            payload = bytes(buf[pos + HEADER_SIZE : crc_end])
+            try:
+                msg: Message | Undecodable = _decode_message(type_id, payload)
+            except ProtocolError as err:
+                assert err.code is not None
+                msg = Undecodable(type_id, payload, err.code, str(err))
+                stats.undecodable += 1
             stats.frames += 1
-            stats.undecodable += isinstance(msg, Undecodable)
             frames.append(Frame(seq, msg))
             pos += total
         del buf[:pos]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -411,6 +413,12 @@ def test_oversized_length_is_rejected_as_header_error() -> None:
         (lambda: Command([0.0] * 17), "1..16 values"),
         (lambda: Command([math.inf]), "must be finite"),
         (lambda: Command([1e39]), "float32 range"),
+        (lambda: Command([1e308, 1e308]), "float32 range"),  # finite values, infinite sum
+        (lambda: Command([1.0, math.nan]), "Command.targets[1] must be finite"),
+        (lambda: Command([math.inf, -math.inf]), "Command.targets[0] must be finite"),
+        (lambda: StateReply(0, 0, 0, (0.0,), (-math.inf,)), "StateReply.velocity[0]"),
+        (lambda: StateReply(0, 0, 0, (0.0,), (0.0,), None, (math.nan,)), "temperature[0]"),
+        (lambda: StateReply(0, 0, 1 << 16, (0.0,), (0.0,)), "faults"),
         (lambda: Command(["a"]), "sequence of numbers"),
         (lambda: SetWatchdog(9), "[10, 10000]"),
         (lambda: SetWatchdog(10_001), "[10, 10000]"),
@@ -448,6 +456,13 @@ def test_encode_checks_its_arguments() -> None:
 def test_command_accepts_numpy_like_sequences_and_keeps_order() -> None:
     msg = Command(iter([0.5, -2, 3]))
     assert msg.targets == (0.5, -2.0, 3.0)
+    assert Command(np.array([0.1, 2.0])) == Command((0.1, 2.0))
+    assert all(type(v) is float for v in Command(np.float32([1.5])).targets)
+
+
+def test_encode_accepts_integer_like_seq() -> None:
+    assert encode(Command((1.0,)), np.uint16(9)) == encode(Command((1.0,)), 9)
+    assert encode(Enable(), True) == encode(Enable(), 1)
 
 
 # -------------------------------------------------------------------- flags and tables
@@ -473,6 +488,17 @@ def test_state_reply_flag_properties() -> None:
     assert isinstance(tripped.status, StatusFlag) and isinstance(tripped.faults, FaultFlag)
 
 
+def test_flag_properties_agree_with_the_bits_for_every_status_byte() -> None:
+    for status in range(256):
+        built = StateReply(status, status, 0, (0.0,), (0.0,))
+        decoded = decode_frame(encode(built, 0)).msg
+        for msg in (built, decoded):
+            assert msg.status is StatusFlag(status)
+            assert msg.enabled == bool(status & 0x01) and msg.estopped == bool(status & 0x02)
+            assert msg.faulted == bool(status & 0x04)
+    assert StateReply(0, 0, 0x0100, (0.0,), (0.0,)).faulted  # fault word alone suffices
+
+
 def test_constants_and_tables() -> None:
     assert P.PROTOCOL_VERSION == 1
     assert dict(P.ROBOT_MODEL_IDS) == {"furuta": 1, "arm2": 2}
@@ -483,6 +509,151 @@ def test_constants_and_tables() -> None:
     assert P.REPLY_TYPE[MsgType.COMMAND] == MsgType.ACK
     assert set(P.REPLY_TYPE) == {t for t in MsgType if t.is_request}
     assert MAX_FRAME_SIZE == 522
+
+
+# ------------------------------------------------------ hot paths: one-shot packing, trusted
+# decoding. The reference functions below pack / decode field by field, as the spec lays the
+# payloads out, and decode through the validating constructors (the slow path).
+
+
+def reference_payload(msg: Command | StateReply) -> bytes:
+    """The payload of `msg`, packed field by field (docs/protocol.md 7.4, 7.11)."""
+    if isinstance(msg, Command):
+        arrays: list[tuple[float, ...]] = [msg.targets]
+        head = struct.pack("<B", len(msg.targets))
+    else:
+        extras = [a for a in (msg.current, msg.temperature) if a is not None]
+        fields = (msg.current is not None) | (msg.temperature is not None) << 1
+        actuators = len(extras[0]) if extras else 0
+        joints = len(msg.position)
+        head = struct.pack(
+            "<QBHBBB", msg.timestamp_us, msg.status, msg.faults, fields, joints, actuators
+        )
+        arrays = [msg.position, msg.velocity, *extras]
+    return head + b"".join(struct.pack("<f", v) for array in arrays for v in array)
+
+
+def reference_decode(type_id: int, payload: bytes) -> Message:
+    """COMMAND or STATE decoded field by field through the validating constructor."""
+    if type_id == MsgType.COMMAND:
+        n = payload[0]
+        return Command(struct.unpack_from(f"<{n}f", payload, 1))
+    stamp, status, faults, fields, joints, actuators = struct.unpack_from("<QBHBBB", payload)
+    arrays: list[tuple[float, ...] | None] = []
+    offset = 14
+    for count in (joints, joints, *(actuators if fields & bit else None for bit in (1, 2))):
+        if count is None:
+            arrays.append(None)
+            continue
+        arrays.append(struct.unpack_from(f"<{count}f", payload, offset))
+        offset += 4 * count
+    return StateReply(stamp, status, faults, *arrays)
+
+
+def field_types(msg: Message) -> list[object]:
+    """Type of every field of `msg`, and of every element of its tuple fields."""
+    out: list[object] = []
+    for field in dataclasses.fields(msg):
+        value = getattr(msg, field.name)
+        out.append(type(value))
+        if isinstance(value, tuple):
+            out.append([type(v) for v in value])
+    return out
+
+
+# float32 bit patterns: finite values, infinities, NaNs (quiet and signalling), denormals
+f32_bytes = st.integers(0, 2**32 - 1).map(lambda u: struct.pack("<I", u)) | f32.map(
+    lambda v: struct.pack("<f", v)
+)
+
+
+@st.composite
+def near_valid_payloads(draw: st.DrawFn) -> tuple[int, bytes]:
+    """(type, payload) of a COMMAND or STATE of the right length whose counts and floats
+    may be invalid (0 or more than MAX_JOINTS; NaN, infinite)."""
+    if draw(st.booleans()):
+        n = draw(st.integers(0, MAX_JOINTS + 2))
+        floats = draw(st.lists(f32_bytes, min_size=n, max_size=n))
+        return MsgType.COMMAND, bytes([n]) + b"".join(floats)
+    joints, actuators = draw(st.integers(0, MAX_JOINTS + 2)), draw(st.integers(0, 18))
+    fields = draw(st.integers(0, 3))
+    n = 2 * joints + actuators * bin(fields).count("1")
+    floats = draw(st.lists(f32_bytes, min_size=n, max_size=n))
+    head = struct.pack(
+        "<QBHBBB",
+        draw(st.integers(0, 2**64 - 1)),
+        draw(st.integers(0, 255)),
+        draw(st.integers(0, 0xFFFF)),
+        fields,
+        joints,
+        actuators,
+    )
+    return MsgType.STATE, head + b"".join(floats)
+
+
+@PROPERTY
+@given(near_valid_payloads(), seqs)
+def test_trusted_decoding_matches_the_validating_constructor(case: tuple, seq: int) -> None:
+    """Fast decoding accepts exactly what the constructors accept, builds equal messages
+    with the same field types, and refuses the rest with the constructors' errors."""
+    type_id, payload = case
+    frame = encode_raw(type_id, payload, seq)
+    try:
+        expected = reference_decode(type_id, payload)
+    except ProtocolError as err:
+        with pytest.raises(ProtocolError) as info:
+            decode_frame(frame)
+        assert info.value.code == err.code == ErrorCode.BAD_VALUE
+        assert str(info.value) == f"frame seq {seq}, type 0x{type_id:02X}: {err}"
+        [out] = FrameDecoder().feed(frame)
+        assert out.msg == Undecodable(type_id, payload, ErrorCode.BAD_VALUE, str(err))
+        return
+    got = decode_frame(frame).msg
+    assert got == expected and hash(got) == hash(expected) and repr(got) == repr(expected)
+    assert field_types(got) == field_types(expected)
+    assert decode_frame(encode(got, seq)) == (seq, got)  # (actuator_count 0 if no arrays)
+
+
+@pytest.mark.parametrize("cls", [Command, StateReply], ids=lambda c: c.__name__)
+@PER_CLASS
+@given(data=st.data(), seq=seqs)
+def test_one_shot_packing_matches_field_by_field_layout(
+    cls: type[Message], data: st.DataObject, seq: int
+) -> None:
+    msg = data.draw(STRATEGIES[cls])
+    assert encode(msg, seq) == encode_raw(cls.TYPE, reference_payload(msg), seq)
+
+
+@pytest.mark.parametrize("cls", list(MESSAGE_CLASSES.values()), ids=lambda c: c.__name__)
+@PER_CLASS
+@given(data=st.data(), seq=seqs)
+def test_decoded_messages_are_indistinguishable_from_built_ones(
+    cls: type[Message], data: st.DataObject, seq: int
+) -> None:
+    msg = data.draw(STRATEGIES[cls])
+    got = decode_frame(encode(msg, seq)).msg
+    assert type(got) is cls and repr(got) == repr(msg) and hash(got) == hash(msg)
+    assert field_types(got) == field_types(msg)
+    assert dataclasses.replace(got) == msg  # the validating constructor accepts its fields
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got.x = 1  # type: ignore[attr-defined]
+
+
+def test_valid_hot_path_replies_skip_the_constructor_and_invalid_ones_do_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    state = StateReply(5, StatusFlag.ENABLED, 0, (0.5, 3.0), (-1.25, 0.0), (0.25,), (31.5,))
+    valid = [encode(state, 1), encode(Command((1.5,)), 2), encode(Ack(MsgType.COMMAND), 3)]
+    nan_state = bytearray(reference_payload(state))
+    nan_state[14:18] = struct.pack("<f", math.nan)
+    invalid = [encode_raw(MsgType.STATE, bytes(nan_state), 4), encode_raw(0x04, NAN_COMMAND, 5)]
+    built: list[Message] = []
+    for cls in (StateReply, Command, Ack):
+        monkeypatch.setattr(cls, "__post_init__", lambda self: built.append(self))
+    assert [seq for seq, _ in map(decode_frame, valid)] == [1, 2, 3] and built == []
+    decoded = FrameDecoder().feed(b"".join(invalid))
+    assert [type(m) for m in built] == [StateReply, Command]  # refused via the constructor
+    assert [type(f.msg) for f in decoded] == [StateReply, Command]  # (patched: no checks)
 
 
 # ---------------------------------------------------------------- docs/protocol.md
