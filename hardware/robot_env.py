@@ -98,22 +98,23 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         )
         self.metadata = {**self.metadata, "render_fps": int(round(self.robot.control_rate_hz))}
         # A physical robot is not deterministic: tell Gymnasium so. `spec.make()` builds another
-        # env on the same driver and task.
+        # env on the same driver (bound here: `make` deep-copies kwargs, and a copied driver
+        # would share, then close, this driver's port).
         self.spec = EnvSpec(
             id=f"mfpg/Robot{task.name}-v0",
-            entry_point=RobotEnv,
+            entry_point=functools.partial(
+                RobotEnv,
+                driver,
+                task,
+                self.robot,
+                realtime=realtime,
+                safety=safety,
+                homing=homing,
+                max_episode_steps=self.max_episode_steps,
+                spin_s=spin_s,
+            ),
             nondeterministic=True,
             max_episode_steps=self.max_episode_steps,
-            kwargs={
-                "driver": driver,
-                "task": task,
-                "robot": self.robot,
-                "realtime": realtime,
-                "safety": safety,
-                "homing": homing,
-                "max_episode_steps": self.max_episode_steps,
-                "spin_s": spin_s,
-            },
         )
         self._state: DeviceState | None = None
         self._task_state: TaskState = {}

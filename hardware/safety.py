@@ -203,6 +203,7 @@ class SafetyLayer:
         self.latched: SafetyEvent | None = None
         self._prev = np.clip(np.zeros(len(act)), self.lower, self.upper)
         self._last_device_time: float | None = None
+        self._device_time_advanced_at = 0.0
 
     # -- episode bookkeeping ----------------------------------------------------------------
     @property
@@ -219,7 +220,7 @@ class SafetyLayer:
     def start(self, state: DeviceState) -> np.ndarray:
         """After torque on: the rate limit starts from the idle command for `state`."""
         self._prev = self.idle_command(state)
-        self._last_device_time = state.device_time_s
+        self._last_device_time = None
         return self._prev.copy()
 
     def reset_safety(self) -> SafetyEvent | None:
@@ -412,14 +413,7 @@ class SafetyLayer:
                 "over_current",
                 f"|current| {np.max(np.abs(state.currents)):.3f} A > {cfg.max_current_a} A",
             ))
-        age = now - state.host_time_s
-        if age > cfg.stale_state_s:
-            problems.append(("stale_state", f"state is {age * 1e3:.1f} ms old (limit "
-                                            f"{cfg.stale_state_s * 1e3:.1f} ms)"))
-        elif self._last_device_time is not None and state.device_time_s <= self._last_device_time:
-            problems.append(("stale_state", f"device clock did not advance "
-                                            f"({state.device_time_s:.6f} s)"))
-        self._last_device_time = state.device_time_s
+        problems.extend(self._staleness(state, now))
         if state.faults or state.estopped:
             problems.append(("device_fault", f"device faults {list(state.faults)}, "
                                              f"estopped={state.estopped}"))
@@ -428,6 +422,36 @@ class SafetyLayer:
         if not problems:
             return None
         return self.latch(problems[0][0], "; ".join(d for _, d in problems))
+
+    def _staleness(self, state: DeviceState, now: float) -> list[tuple[str, str]]:
+        """Too old a reply, a device clock that ran backwards, or one frozen for too long.
+
+        A repeated device timestamp alone is fine: a device sampling at the control rate
+        may be read twice within one of its periods.
+        """
+        limit = self.robot.safety.stale_state_s
+        age = now - state.host_time_s
+        last = self._last_device_time
+        problems = []
+        if age > limit:
+            problems.append(
+                ("stale_state", f"state is {age * 1e3:.1f} ms old (limit {limit * 1e3:.1f} ms)")
+            )
+        if last is not None and state.device_time_s < last:
+            problems.append((
+                "stale_state",
+                f"device clock ran backwards ({last:.6f} -> {state.device_time_s:.6f} s)",
+            ))
+        if last is None or state.device_time_s > last:
+            self._last_device_time = state.device_time_s
+            self._device_time_advanced_at = now
+        elif now - self._device_time_advanced_at > limit:
+            problems.append((
+                "stale_state",
+                f"device clock frozen at {last:.6f} s for "
+                f"{(now - self._device_time_advanced_at) * 1e3:.1f} ms",
+            ))
+        return problems
 
     def missed_deadlines(self, consecutive: int) -> SafetyEvent | None:
         """Latch a stop when more consecutive deadlines were missed than tolerated."""

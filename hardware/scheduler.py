@@ -30,6 +30,7 @@ class Tick:
     period_s: float  # wake - previous wake (nan on the first tick after start)
     lateness_s: float  # wake - deadline (>= 0 when met; the overrun when missed)
     busy_s: float  # time from the previous wake to arriving at wait(): the work of the period
+    waited_s: float  # time spent sleeping/spinning in wait()
     missed: bool
     consecutive_missed: int
 
@@ -40,6 +41,7 @@ class Tick:
             "period_s": self.period_s,
             "lateness_s": self.lateness_s,
             "busy_s": self.busy_s,
+            "waited_s": self.waited_s,
             "missed": self.missed,
             "consecutive_missed": self.consecutive_missed,
         }
@@ -129,6 +131,7 @@ class Scheduler:
             period_s=wake - self._last_wake,
             lateness_s=wake - deadline,
             busy_s=arrive - self._last_wake,
+            waited_s=wake - arrive,
             missed=missed,
             consecutive_missed=self._consecutive,
         )

@@ -205,11 +205,19 @@ def test_state_violations_latch_the_right_stop(
         safety.filter_action(np.zeros(len(robot.actuated_joints)), state(robot))
 
 
-def test_state_whose_device_clock_did_not_advance_is_stale() -> None:
+def test_device_clock_running_backwards_is_stale() -> None:
     safety = layer(FURUTA)
     assert safety.check_state(state(FURUTA, t=0.5), now=0.5) is None
-    event = safety.check_state(state(FURUTA, t=0.5), now=0.5)
-    assert event is not None and event.kind == "stale_state"
+    event = safety.check_state(state(FURUTA, t=0.49, host=0.5), now=0.5)
+    assert event is not None and event.kind == "stale_state" and "backwards" in event.detail
+
+
+def test_a_repeated_sample_is_fine_but_a_frozen_device_clock_is_stale() -> None:
+    safety = layer(FURUTA)  # stale_state_s 0.05
+    assert safety.check_state(state(FURUTA, t=0.5, host=10.0), now=10.0) is None
+    assert safety.check_state(state(FURUTA, t=0.5, host=10.004), now=10.004) is None
+    event = safety.check_state(state(FURUTA, t=0.5, host=10.06), now=10.06)
+    assert event is not None and event.kind == "stale_state" and "frozen" in event.detail
 
 
 def test_several_problems_are_all_named_and_the_first_kind_wins() -> None:
