@@ -845,7 +845,7 @@ class FrameDecoder:
         frames: list[Frame] = []
         end = len(buf)
         pos = 0
-        while True:
+        while pos < end:  # (at the end nothing is left to drop or keep)
             start = buf.find(SYNC, pos)
             if start < 0:
                 keep = 1 if end > pos and buf[end - 1] == SYNC[0] else 0
