@@ -135,7 +135,7 @@ def run(robot_name: str, port: str, seconds: float, spin_ms: float, seed: int) -
         "missed_deadlines": missed,
         "max_consecutive_missed": max_run,
         "resets": resets,
-        "reset_duration_s": percentiles_ms(reset_s) | {"unit": "ms"},
+        "reset_duration_ms": percentiles_ms(reset_s),
         "safety_stops": stops,
         "transport": asdict(transport),
         "machine": {
