@@ -41,6 +41,9 @@ from mfpg_robot.policy import GaussianPolicy
 from sim.batched import BatchedCollector
 
 ENV = "mfpg/FurutaSwingup-v0"
+#: c rules compared: EMA of per-sample scalar-surrogate moments (the algorithms' rule), of
+#: gradient-projection moments, of block-sum moments, and the in-hindsight best single c.
+C_RULES = ("ema_f", "ema_grad", "ema_block", "oracle")
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,6 +57,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--adv", choices=["mc", "critic"], default="critic",
                    help="mc: discounted returns, no baseline; critic: fitted HF/LF critics "
                         "(HF: MC return minus V_H; LF: bootstrapped with V_L)")
+    p.add_argument("--lf-value", choices=["lf", "hf"], default="lf",
+                   help="critic of the LF advantages: fitted on LF data, or the HF one")
     p.add_argument("--gae-lambda", type=float, default=1.0, help="lambda of the advantages")
     p.add_argument("--gamma", type=float, default=0.99)
     p.add_argument("--synced", default="10x16,20x16,40x8",
@@ -61,6 +66,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--pool", type=int, default=16, help="episode pairing: pool per paired episode")
     p.add_argument("--no-episode", action="store_true", help="skip episode pairing")
     p.add_argument("--ema", type=float, default=0.9, help="EMA of c across batches")
+    p.add_argument("--block", type=int, default=25,
+                   help="rows per block for the block-sum moments of c")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="rollout threads")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -72,6 +79,7 @@ def summarise(trials: list[TrialEstimate], g_ref: np.ndarray, ema: float) -> dic
     g_hf = np.stack([t.g_hf for t in trials])
     mse_hf = float(np.mean(np.sum((g_hf - g_ref) ** 2, axis=1)))
     var_hf = float(np.sum(np.var(g_hf, axis=0, ddof=1)))
+    se_hf = np.std(g_hf, axis=0, ddof=1) / np.sqrt(len(trials))
 
     def ratios(cs: list[float]) -> tuple[float, float, float]:
         g = np.stack([t.g_mf(c) for t, c in zip(trials, cs, strict=True)])
@@ -81,14 +89,17 @@ def summarise(trials: list[TrialEstimate], g_ref: np.ndarray, ema: float) -> dic
         return (mse / mse_hf, float(np.sum(np.var(g, axis=0, ddof=1))) / var_hf,
                 float(np.mean(np.abs(bias) / np.maximum(se, 1e-30))))
 
-    def ema_coefs(key: str) -> list[float]:
-        tracker = CoefEMA(ema=ema, min_pairs=20)
+    def ema_coefs(key: str, min_pairs: int = 20) -> list[float]:
+        tracker = CoefEMA(ema=ema, min_pairs=min_pairs)
         return [tracker.coef_for(getattr(t, key)) for t in trials]
 
     c_f, c_g = ema_coefs("moments"), ema_coefs("grad_moments")
+    c_b = ema_coefs("block_moments", min_pairs=2)
     c_o = oracle_coef(trials, g_ref)
-    out: dict[str, float] = {}
-    for name, cs in (("ema_f", c_f), ("ema_grad", c_g), ("oracle", [c_o] * len(trials))):
+    out: dict[str, float] = {
+        "mean_abs_z_hf": float(np.mean(np.abs(g_hf.mean(0) - g_ref) / np.maximum(se_hf, 1e-30)))
+    }
+    for name, cs in zip(C_RULES, (c_f, c_g, c_b, [c_o] * len(trials)), strict=True):
         mse, var, z = ratios(cs)
         out |= {f"mse_ratio_{name}": mse, f"var_ratio_{name}": var, f"c_{name}": float(np.mean(cs)),
                 f"mean_abs_z_{name}": z}
@@ -113,7 +124,10 @@ def main() -> None:
                                   args.gamma, seed=args.seed)
         lf_v = fit_value_function(policy, simulate_hf_buffer(lfc, policy, 100, args.horizon, rng),
                                   args.gamma, seed=args.seed + 1)
-    ref = simulate_hf_buffer(hfc, policy, args.ref_episodes, args.horizon, rng)
+        if args.lf_value == "hf":
+            lf_v = hf_v
+    ref = simulate_hf_buffer(hfc, policy, args.ref_episodes, args.horizon, rng,
+                             with_states=False)
     g_ref = hf_gradient(policy, ref, hf_advantages(ref, hf_v, args.gamma, args.gae_lambda))
     print(f"reference: {len(ref)} HF steps, |g_ref| = {np.linalg.norm(g_ref):.4g} "
           f"({time.perf_counter() - t0:.1f} s)")
@@ -124,7 +138,7 @@ def main() -> None:
         variants[f"synced k={k} M={m}"] = SyncedPairing(lfc, k, m, args.gamma, args.gae_lambda)
     if not args.no_episode:
         variants[f"episode pool={args.pool}"] = EpisodePairing(
-            lfc, args.pool, args.horizon, args.gamma, args.gae_lambda)
+            lfc, args.pool, args.horizon, args.gamma, args.gae_lambda, whole_episodes=True)
     batches = [simulate_hf_buffer(hfc, policy, args.episodes, args.horizon, rng)
                for _ in range(args.trials)]
     hf_steps = sum(len(b) for b in batches)
@@ -137,17 +151,18 @@ def main() -> None:
             lf = pairing.collect(buf, policy, lf_v, lambda r: r, rng)
             lf_steps += lf.lf_steps
             adv = hf_advantages(buf, hf_v, args.gamma, args.gae_lambda)
-            trials.append(mf_trial(policy, buf, lf, adv, n_dirs=4, generator=gen))
+            trials.append(mf_trial(policy, buf, lf, adv, n_dirs=4, generator=gen,
+                                   block=args.block))
         res = summarise(trials, g_ref, args.ema)
         res |= {"lf_steps_per_hf_step": lf_steps / hf_steps, "time_s": time.perf_counter() - t1}
         results[name] = res
-        print(f"{name:24s} MSE ratio: c_ema(f) {res['mse_ratio_ema_f']:.3f}  "
-              f"c_ema(grad) {res['mse_ratio_ema_grad']:.3f}  c_oracle {res['mse_ratio_oracle']:.3f}"
-              f" | var ratio c_ema(f) {res['var_ratio_ema_f']:.3f} | rho_f {res['rho_f']:.3f} "
-              f"(1-rho^2 {res['pred_1_minus_rho2']:.3f}) rho_grad {res['rho_grad']:.3f} | "
-              f"c {res['c_ema_f']:.3g}/{res['c_ema_grad']:.3g}/{res['c_oracle']:.3g} | "
-              f"|bias|/se {res['mean_abs_z_ema_f']:.2f} | LF/HF {res['lf_steps_per_hf_step']:.0f}"
-              f" | {res['time_s']:.0f} s", flush=True)
+        mse = "  ".join(f"{c} {res['mse_ratio_' + c]:.3f}" for c in C_RULES)
+        coefs = "/".join(f"{res['c_' + c]:.3g}" for c in C_RULES)
+        print(f"{name:22s} MSE ratio [{mse}] | var ratio (ema_f) {res['var_ratio_ema_f']:.3f}"
+              f" | rho_f {res['rho_f']:.3f} (1-rho^2 {res['pred_1_minus_rho2']:.3f}) "
+              f"rho_grad {res['rho_grad']:.3f} | c {coefs} | mean |bias|/se "
+              f"{res['mean_abs_z_ema_f']:.2f} (HF-only {res['mean_abs_z_hf']:.2f}) | "
+              f"LF/HF {res['lf_steps_per_hf_step']:.0f} | {res['time_s']:.0f} s", flush=True)
     if args.json:
         payload = {
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -6,8 +6,9 @@ samples `f_H`, low-fidelity (LF) samples `f_P` paired with HF samples (same star
 action noise), and LF reference samples `f_R` drawn independently of the HF noise, the
 multi-fidelity objective is
 
-    L = mean(f_H) - c * (mean(f_P) - mean(f_R)).
+    L = mean(f_H) - c * (mean(f_P) - mean(f_R))
 
+(or its sum form, see `mf_objective`).
 The correction has zero expectation whenever paired and reference LF samples have the same
 distribution (the pairing's job), so `L` and its gradient are unbiased for any `c` that does
 not depend on the current batch. Its variance is smallest at `c* = Cov(f_H, f_P) / Var(f_P)`,
@@ -128,9 +129,18 @@ class CoefEMA:
 
 
 def mf_objective(
-    f_h: torch.Tensor, f_paired: torch.Tensor, f_ref: torch.Tensor, c: float
+    f_h: torch.Tensor, f_paired: torch.Tensor, f_ref: torch.Tensor, c: float,
+    ref_per_paired: float | None = None,
 ) -> torch.Tensor:
-    """`mean(f_h) - c * (mean(f_paired) - mean(f_ref))` (differentiable; c is a constant)."""
+    """The MF objective (differentiable; c is a constant).
+
+    Mean form (`ref_per_paired=None`): `mean(f_h) - c * (mean(f_paired) - mean(f_ref))`.
+    Sum form: `mean(f_h) - c * (sum(f_paired) - sum(f_ref) / ref_per_paired) / len(f_h)`,
+    for reference samples drawn `ref_per_paired` times as often as the paired ones by
+    construction (M per HF state; a pool of R episodes per paired episode). Its correction
+    has mean exactly zero even when the number of LF samples is random (LF episodes that
+    terminate), where a ratio of two means is biased by O(1/n).
+    """
     hf = f_h.mean()
     if c == 0.0:
         return hf
@@ -139,7 +149,11 @@ def mf_objective(
             f"c={c} needs paired and reference LF samples, got {f_paired.numel()} paired and "
             f"{f_ref.numel()} reference; set c=0 or collect LF data"
         )
-    return hf - c * (f_paired.mean() - f_ref.mean())
+    if ref_per_paired is None:
+        return hf - c * (f_paired.mean() - f_ref.mean())
+    if ref_per_paired <= 0:
+        raise ValueError(f"ref_per_paired must be > 0, got {ref_per_paired}")
+    return hf - c * (f_paired.sum() - f_ref.sum() / ref_per_paired) / f_h.numel()
 
 
 def group_means(values: ArrayLike, groups: np.ndarray, n_groups: int) -> np.ndarray:
@@ -177,6 +191,22 @@ def align_pairs(
             raise ValueError("reference samples must all be grouped by HF sample or all pooled")
         x_l = x_l - group_means(r, ref_anchor, h.shape[-1])[..., partner[mask]]
     return x_h, x_l
+
+
+def block_sums(x: ArrayLike, rows: np.ndarray, block: int) -> np.ndarray:
+    """Sums of `x[..., j]` over blocks of `block` consecutive HF rows (`rows[j]` // block).
+
+    Samples of one rollout are correlated over time (an advantage sums future rewards, and
+    synced segments share noise windows), so the covariance that sets the variance of a batch
+    mean includes cross-time terms that per-sample moments miss; moments of block sums keep
+    those within a block.
+    """
+    v = _as_numpy(x)
+    _, inv = np.unique(np.asarray(rows) // block, return_inverse=True)
+    flat = v.reshape(-1, v.shape[-1])
+    out = np.zeros((flat.shape[0], int(inv.max()) + 1 if inv.size else 0))
+    np.add.at(out.T, inv, flat.T)
+    return out.reshape(*v.shape[:-1], out.shape[-1])
 
 
 def projected_variance_ratio(

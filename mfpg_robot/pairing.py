@@ -70,13 +70,16 @@ class LFSamples:
     `paired[j]` is the HF row `partner[j]` replayed in LF (`partner[j] = -1`: an LF step with
     no HF partner, e.g. past the HF episode's end; it still belongs to the paired mean).
     `ref`: reference samples; `ref.anchor[j]` is the HF row whose state they start from
-    (synced) or -1 (episode pool, independent of the HF rollout).
+    (synced) or -1 (episode pool, independent of the HF rollout). `ref_per_paired`: how many
+    reference rollouts were drawn per paired one (M, or the pool size per episode), the
+    weight of the sum-form objective (`mfpg_robot.estimators.mf_objective`).
     """
 
     mode: str
     paired: LFPart
     partner: np.ndarray
     ref: LFPart
+    ref_per_paired: float
     lf_steps: int  # LF control steps simulated
     rollout_returns: np.ndarray  # raw undiscounted returns of the paired LF rollouts
     rollout_lengths: np.ndarray
@@ -230,6 +233,7 @@ class SyncedPairing:
             paired=samples.take(pair_rows),
             partner=pair_rows.copy(),
             ref=samples.take(np.arange(n, n * (m + 1))),
+            ref_per_paired=float(m),
             lf_steps=int(valid.sum()),
             rollout_returns=raw[:n].sum(axis=1),
             rollout_lengths=valid[:n].sum(axis=1),
@@ -237,11 +241,19 @@ class SyncedPairing:
 
 
 class EpisodePairing:
-    """LF episodes from the HF episode starts with the HF noise, plus an independent pool."""
+    """LF episodes from the HF episode starts with the HF noise, plus an independent pool.
+
+    `whole_episodes=True` is for buffers made of complete episodes (benchmarks, where the
+    buffer's length is the sum of the episode lengths): every LF episode then gets the full
+    time limit. With the default, a trainer's fixed-length rollout, the horizon is the rows
+    left after the episode's start; for a buffer of whole episodes that would tie the last
+    LF episode's horizon to how its HF partner went, and bias the estimate.
+    """
 
     def __init__(
         self, collector: BatchedCollector, pool_per_hf: int, max_episode_steps: int,
         gamma: float, gae_lambda: float, pool_starts: StartSampler | None = None,
+        whole_episodes: bool = False,
     ) -> None:
         if pool_per_hf < 1 or max_episode_steps < 1:
             raise ValueError(
@@ -252,6 +264,7 @@ class EpisodePairing:
         self.max_episode_steps = max_episode_steps
         self.gamma, self.gae_lambda = gamma, gae_lambda
         self.pool_starts = pool_starts or collector.sample_starts
+        self.whole_episodes = whole_episodes
 
     def collect(
         self, buffer: RolloutBuffer, policy: GaussianPolicy, value_fn: ValueFn,
@@ -269,6 +282,8 @@ class EpisodePairing:
         frag_end = np.where(after < ends.size, ends[np.minimum(after, ends.size - 1)] + 1, n_rows)
         hf_len = frag_end - starts
         horizon = np.minimum(n_rows - starts, self.max_episode_steps)
+        if self.whole_episodes:
+            horizon = np.full(starts.size, self.max_episode_steps)
         h_max = int(horizon.max())
 
         eps = rng.standard_normal((starts.size, h_max, act_dim))
@@ -297,6 +312,7 @@ class EpisodePairing:
         raw = np.where(valid, out.rewards[:, :h_max], 0.0)
         return LFSamples(
             mode="episode", paired=paired, partner=partner, ref=ref,
+            ref_per_paired=float(self.pool_per_hf),
             lf_steps=int(valid.sum() + pvalid.sum()),
             rollout_returns=raw.sum(axis=1), rollout_lengths=valid.sum(axis=1),
         )
@@ -311,4 +327,4 @@ def _empty_part(obs_dim: int, act_dim: int) -> LFPart:
 def _empty(obs_dim: int, act_dim: int) -> LFSamples:
     """No HF episode starts in the rollout: nothing to pair (c = 0 for this rollout)."""
     return LFSamples("episode", _empty_part(obs_dim, act_dim), np.zeros(0, np.int64),
-                     _empty_part(obs_dim, act_dim), 0, np.zeros(0), np.zeros(0, np.int64))
+                     _empty_part(obs_dim, act_dim), 1.0, 0, np.zeros(0), np.zeros(0, np.int64))

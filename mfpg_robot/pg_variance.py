@@ -7,7 +7,7 @@ the HF model (it reproduces the Gymnasium env step for step) and packed into the
 see in training. For one batch:
 
     g_hf  = grad mean_H(A_H log pi)                                  (HF-only REINFORCE)
-    delta = grad [mean_P(A_L log pi) - mean_R(A_L log pi)]           (the LF correction)
+    delta = grad [sum_P(A_L log pi) - sum_R(A_L log pi) / ref_per_paired] / n_H   (LF correction)
     g_mf(c) = g_hf - c * delta
 
 Advantages are discounted Monte-Carlo returns minus a baseline (`hf_value_fn`; zero for
@@ -26,6 +26,7 @@ from mfpg_robot.buffer import RolloutBuffer, gaussian_logprob
 from mfpg_robot.estimators import (
     PairMoments,
     align_pairs,
+    block_sums,
     pair_moments,
     projected_sample_grads,
     random_directions,
@@ -46,12 +47,13 @@ def zero_value(obs: np.ndarray) -> np.ndarray:
 
 def simulate_hf_buffer(
     collector: BatchedCollector, policy: GaussianPolicy, n_episodes: int, horizon: int,
-    rng: np.random.Generator,
+    rng: np.random.Generator, with_states: bool = True,
 ) -> RolloutBuffer:
     """`n_episodes` HF episodes of at most `horizon` steps, as consecutive buffer rows.
 
     Starts come from the env's start distribution, noise from `rng`; an episode cut by the
-    horizon is marked truncated.
+    horizon is marked truncated. `with_states=False` skips the per-row `RobotState`s (only
+    pairing needs them).
     """
     q0, v0, task = collector.sample_starts(n_episodes, rng)
     eps = rng.standard_normal((n_episodes, horizon, policy.act_dim))
@@ -71,7 +73,7 @@ def simulate_hf_buffer(
         RobotState.from_arrays(names, out.q[i, s], out.v[i, s],
                                {k: val[i] for k, val in task.items()})
         for i, s in zip(rows, t, strict=True)
-    ]
+    ] if with_states else None
     rewards = out.rewards[rows, t]
     return RolloutBuffer(
         obs=out.obs[rows, t].astype(np.float32),
@@ -132,6 +134,7 @@ class TrialEstimate:
     delta: np.ndarray
     moments: PairMoments
     grad_moments: PairMoments | None
+    block_moments: PairMoments | None = None
 
     def g_mf(self, c: float) -> np.ndarray:
         return self.g_hf - c * self.delta
@@ -139,18 +142,20 @@ class TrialEstimate:
 
 def mf_trial(
     policy: GaussianPolicy, buffer: RolloutBuffer, lf: LFSamples, hf_adv: np.ndarray,
-    n_dirs: int = 0, generator: torch.Generator | None = None,
+    n_dirs: int = 0, generator: torch.Generator | None = None, block: int = 0,
 ) -> TrialEstimate:
     """HF-only gradient, LF correction gradient and pair moments of one batch.
 
     With `n_dirs` > 0, also the moments of per-sample gradient projections on that many
     random directions (stacked), whose Cov/Var is the c minimising the gradient's variance.
+    With `block` > 0, also the moments of the scalar surrogates summed over blocks of that
+    many consecutive HF rows.
     """
     f_h = surrogate_terms(policy, buffer.obs, buffer.actions, hf_adv)
     f_p = surrogate_terms(policy, lf.paired.obs, lf.paired.actions, lf.paired.advantages)
     f_r = surrogate_terms(policy, lf.ref.obs, lf.ref.actions, lf.ref.advantages)
     g_hf = _flat_grad(policy, f_h.mean())
-    delta = _flat_grad(policy, f_p.mean() - f_r.mean())
+    delta = _flat_grad(policy, (f_p.sum() - f_r.sum() / lf.ref_per_paired) / f_h.numel())
     x_h, x_l = align_pairs(f_h.detach(), f_p.detach(), lf.partner, f_r.detach(), lf.ref.anchor)
     grad_moments = None
     if n_dirs > 0:
@@ -166,7 +171,11 @@ def mf_trial(
         g_h, g_l = align_pairs(proj[0], proj[1], lf.partner, proj[2], lf.ref.anchor)
         centred = [x - x.mean(axis=-1, keepdims=True) for x in (g_h, g_l)]
         grad_moments = pair_moments(centred[0].ravel(), centred[1].ravel())
-    return TrialEstimate(g_hf, delta, pair_moments(x_h, x_l), grad_moments)
+    block_moments = None
+    if block > 0:
+        rows = lf.partner[lf.partner >= 0]
+        block_moments = pair_moments(block_sums(x_h, rows, block), block_sums(x_l, rows, block))
+    return TrialEstimate(g_hf, delta, pair_moments(x_h, x_l), grad_moments, block_moments)
 
 
 def _tensors(obs: np.ndarray, act: np.ndarray, adv: np.ndarray) -> tuple[torch.Tensor, ...]:

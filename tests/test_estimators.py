@@ -120,11 +120,33 @@ def test_coef_ema_rules() -> None:
         CoefEMA(ema=1.0)
 
 
+def test_sum_form_is_unbiased_with_random_lf_counts() -> None:
+    """LF episodes of random length: the sum form stays unbiased where the ratio of means is
+    not (here the per-sample value is tied to the episode's length)."""
+    rng = np.random.default_rng(8)
+    trials, n_eps, pool, c = 4000, 2, 8, 1.0
+
+    def episodes(n: int) -> np.ndarray:
+        lengths = rng.choice([1, 9], size=n)  # short episodes carry large values
+        return np.concatenate([np.full(k, rng.normal(10.0, 1.0) / k) for k in lengths])
+
+    sums, means = np.empty(trials), np.empty(trials)
+    f_h = torch.zeros(10)
+    for i in range(trials):
+        f_p, f_r = torch.as_tensor(episodes(n_eps)), torch.as_tensor(episodes(n_eps * pool))
+        sums[i] = float(mf_objective(f_h, f_p, f_r, c, ref_per_paired=pool))
+        means[i] = float(mf_objective(f_h, f_p, f_r, c))
+    assert abs(sums.mean()) < 3 * sums.std(ddof=1) / np.sqrt(trials)
+    assert abs(means.mean()) > 10 * means.std(ddof=1) / np.sqrt(trials)
+
+
 def test_mf_objective_requires_lf_samples_when_c_nonzero() -> None:
     f = torch.ones(5)
     assert float(mf_objective(f, torch.zeros(0), torch.zeros(0), c=0.0)) == 1.0
     with pytest.raises(ValueError, match="paired and reference"):
         mf_objective(f, torch.zeros(0), torch.zeros(0), c=0.5)
+    with pytest.raises(ValueError, match="ref_per_paired"):
+        mf_objective(f, f, f, c=0.5, ref_per_paired=0.0)
 
 
 def test_projected_sample_grads_match_autograd() -> None:

@@ -61,7 +61,7 @@ def gradients():
             buf = simulate_hf_buffer(hf, policy, 100, HORIZON, rng)
             chunks.append(hf_gradient(policy, buf, hf_advantages(buf, zero_value, GAMMA)))
         pairings = {"synced": SyncedPairing(lf, 10, 4, GAMMA, 1.0),
-                    "episode": EpisodePairing(lf, 8, HORIZON, GAMMA, 1.0)}
+                    "episode": EpisodePairing(lf, 8, HORIZON, GAMMA, 1.0, whole_episodes=True)}
         trials: dict[str, list] = {name: [] for name in pairings}
         for _ in range(16):
             buf = simulate_hf_buffer(hf, policy, 4, HORIZON, rng)
@@ -110,7 +110,7 @@ def test_minibatches_keep_each_hf_row_with_its_lf_samples(pooled: bool) -> None:
     p_anchor = np.concatenate([np.arange(n_hf), [7, 7, 30]])  # three unpaired extras
     r_anchor = np.full(200, -1) if pooled else np.repeat(np.arange(n_hf), m)
     lf = LFSamples("x", _part(p_anchor.size, p_anchor), np.where(p_anchor < n_hf, p_anchor, -1),
-                   _part(r_anchor.size, r_anchor), 0, np.zeros(0), np.zeros(0, np.int64))
+                   _part(r_anchor.size, r_anchor), 4.0, 0, np.zeros(0), np.zeros(0, np.int64))
     mbs = group_minibatches(n_hf, lf, n_mb, torch.Generator().manual_seed(0))
     assert len(mbs) == n_mb
     seen_h, seen_p, seen_r = [], [], []

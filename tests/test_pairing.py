@@ -140,8 +140,8 @@ def _pendulum_sideways(collector: BatchedCollector):
 def test_episode_pool_must_start_like_the_hf_episodes(policy, lf_collector) -> None:
     """The correction mean(paired) - mean(pool) of LF advantages averages to zero when the
     pool's starts are drawn like the HF starts, and not when they are drawn differently."""
-    matched = EpisodePairing(lf_collector, 8, 60, GAMMA, 1.0)
-    shifted = EpisodePairing(lf_collector, 8, 60, GAMMA, 1.0,
+    matched = EpisodePairing(lf_collector, 8, 60, GAMMA, 1.0, whole_episodes=True)
+    shifted = EpisodePairing(lf_collector, 8, 60, GAMMA, 1.0, whole_episodes=True,
                              pool_starts=_pendulum_sideways(lf_collector))
     rng = np.random.default_rng(5)
     corrections: dict[str, list[float]] = {"matched": [], "shifted": []}

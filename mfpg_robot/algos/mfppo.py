@@ -8,9 +8,10 @@ Per iteration, on one HF rollout:
    together by one LF mean/std) if `norm_adv`;
 4. `c` from the epoch-0 pairs (ratio 1, so f = A) through the EMA tracker;
 5. `update_epochs` passes, each over `num_minibatches` minibatches, each one optimiser step on
-   -[mean_mb(f_H) - c (mean_mb(f_P) - mean_mb(f_R))] + vf_coef * HF value loss
-   - ent_coef * entropy, with f the per-sample clipped surrogate of each sample's own ratio,
-   advantage and old log-prob;
+   -[mean_mb(f_H) - c (sum_mb(f_P) - sum_mb(f_R) / ref_per_paired) / n_mb]
+   + vf_coef * HF value loss - ent_coef * entropy, with f the per-sample clipped surrogate of
+   each sample's own ratio, advantage and old log-prob, n_mb the minibatch's HF rows (the sum
+   form of `mf_objective`: exactly zero-mean correction with a random number of LF samples);
 6. the LF critic regressed on LF value targets.
 
 Why not the naive extension (separate shuffles of HF and LF data, separate normalisations,
@@ -99,7 +100,7 @@ class MFPPO(PPO):
 
     def mf_minibatch_loss(
         self, batch: Batch, adv_h: Tensor, paired: LFTensors, ref: LFTensors,
-        idx: tuple[Tensor, Tensor, Tensor], c: float,
+        idx: tuple[Tensor, Tensor, Tensor], c: float, ref_per_paired: float,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """MF-PPO loss on one minibatch (HF rows, their LF partners and references)."""
         a = self.cfg.algo
@@ -112,7 +113,7 @@ class MFPPO(PPO):
         f_r = clipped_surrogate(self.policy.log_prob(ref.obs[ir], ref.actions[ir]),
                                 ref.logprobs[ir], ref.advantages[ir], a.clip_coef)
         c_mb = c if (ip.numel() and ir.numel()) else 0.0
-        pg_loss = -mf_objective(f_h, f_p, f_r, c_mb)
+        pg_loss = -mf_objective(f_h, f_p, f_r, c_mb, ref_per_paired)
         v_loss = value_loss(self.critic(obs), batch.values[ih], batch.returns[ih],
                             a.clip_coef, a.clip_vloss).mean()
         entropy = self.policy.entropy()
@@ -150,7 +151,8 @@ class MFPPO(PPO):
 
                 def loss_fn(idx: tuple[Tensor, Tensor, Tensor] = idx,
                             last: dict[str, Tensor] = last) -> Tensor:
-                    loss, info = self.mf_minibatch_loss(batch, adv_h, paired, ref, idx, c)
+                    loss, info = self.mf_minibatch_loss(batch, adv_h, paired, ref, idx, c,
+                                                        lf.ref_per_paired)
                     last.clear()
                     last.update(info)
                     return loss

@@ -9,7 +9,8 @@ Per iteration, on one HF rollout:
 3. `c` from the scalar surrogates f = A log pi of the epoch-0 pairs (the paper's choice)
    through the EMA tracker;
 4. `update_epochs` full-batch optimiser steps on
-   -[mean(f_H) - c (mean(f_P) - mean(f_R))] + vf_coef * HF value loss - ent_coef * entropy;
+   -[mean(f_H) - c (sum(f_P) - sum(f_R) / ref_per_paired) / n_HF] + vf_coef * HF value loss
+   - ent_coef * entropy (the sum form of `mf_objective`);
 5. the LF critic regressed on LF Monte-Carlo targets.
 See `mfpg_robot.algos.mfbase` for the LF critic, normalisation and c choices.
 """
@@ -36,7 +37,7 @@ class MFReinforce(Reinforce):
         self.lf = LFSide(cfg, self.policy, self.critic, self.reward_scaler, gae_lambda=1.0)
 
     def mf_batch_loss(
-        self, batch: Batch, paired: LFTensors, ref: LFTensors, c: float
+        self, batch: Batch, paired: LFTensors, ref: LFTensors, c: float, ref_per_paired: float
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """MF-REINFORCE loss on the whole batch and its diagnostics (detached)."""
         a = self.cfg.algo
@@ -45,7 +46,7 @@ class MFReinforce(Reinforce):
         f_p = reinforce_surrogate(self.policy.log_prob(paired.obs, paired.actions),
                                   paired.advantages)
         f_r = reinforce_surrogate(self.policy.log_prob(ref.obs, ref.actions), ref.advantages)
-        pg_loss = -mf_objective(f_h, f_p, f_r, c)
+        pg_loss = -mf_objective(f_h, f_p, f_r, c, ref_per_paired)
         v_loss = 0.5 * ((self.critic(batch.obs) - batch.returns) ** 2).mean()
         entropy = self.policy.entropy()
         loss = pg_loss - a.ent_coef * entropy + a.vf_coef * v_loss
@@ -78,7 +79,7 @@ class MFReinforce(Reinforce):
             last: dict[str, Tensor] = {}
 
             def loss_fn(last: dict[str, Tensor] = last) -> Tensor:
-                loss, info = self.mf_batch_loss(batch, paired, ref, c)
+                loss, info = self.mf_batch_loss(batch, paired, ref, c, lf.ref_per_paired)
                 last.clear()
                 last.update(info)
                 return loss
