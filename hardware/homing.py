@@ -2,9 +2,10 @@
 
 1. Move home: a reference that starts at the measured position and moves towards `reset.home`
    at `reset.homing_speed` (unit/s) per actuated joint.
-2. Settle: hold home until every joint is settled (actuated joints within `position_tolerance`
-   of the goal, all speeds below `velocity_tolerance`, passive joints at their home value
-   modulo 2 pi, i.e. hanging) continuously for `reset.settle_s`; `max_settle_s` -> `ResetError`.
+2. Settle: hold home until every joint is settled (actuated joints within
+   `reset.settle_position_tolerance` of the goal, all speeds below
+   `reset.settle_velocity_tolerance`, passive joints at their home value modulo 2 pi, i.e.
+   hanging) continuously for `reset.settle_s`; after `reset.max_settle_s` -> `ResetError`.
 3. Randomise: the actuated joints move (same speed) to their values in a start drawn by
    `sim.starts.sample_start_state` (home + U(-1, 1) x `reset.position_noise`, the same draw
    as the simulated envs), clipped to the soft limits, and settle again. Passive joints and
@@ -14,15 +15,15 @@
 
 Commands: position servos get the reference as target. Voltage/torque robots get a PD law on
 the actuated joints plus feedback of the passive joints' velocity, which damps a swinging
-pendulum through the arm (`HomingGains`; defaults tuned on the furuta twin: a pendulum swinging
-at 20 rad/s comes to rest in ~5 s instead of ~100 s by friction alone), and a speed governor:
-an actuated joint faster than `reset.homing_speed` gets only braking effort (a swinging
-pendulum can still kick the arm briefly above it). Every command passes the safety layer.
+pendulum through the arm (`reset.homing_gains` of the robot config; furuta's are tuned on the
+twin: a pendulum swinging at 20 rad/s comes to rest in ~5 s instead of ~100 s by friction
+alone), and a speed governor: an actuated joint faster than `reset.homing_speed` gets only
+braking effort (a swinging pendulum can still kick the arm briefly above it). Every command
+passes the safety layer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -42,19 +43,6 @@ class ControlLoop(Protocol):
         """Filter and send `command`, wait for the period's deadline, return the new state."""
 
 
-@dataclass(frozen=True)
-class HomingGains:
-    """Reset controller settings (command units: V or N m; joint units: rad or m)."""
-
-    kp: float = 12.0  # effort per unit of position error (voltage/torque robots)
-    kd: float = 1.0  # effort per unit/s of actuated-joint velocity
-    passive_damping: float = -0.3  # effort per unit/s of passive velocity x cos(passive angle)
-    speed_gain: float = 10.0  # braking effort per unit/s an actuated joint exceeds homing_speed
-    position_tolerance: float = 0.05
-    velocity_tolerance: float = 0.5
-    max_settle_s: float = 30.0
-
-
 def _wrap(x: np.ndarray) -> np.ndarray:
     return (x + np.pi) % (2.0 * np.pi) - np.pi
 
@@ -62,9 +50,9 @@ def _wrap(x: np.ndarray) -> np.ndarray:
 class ResetProcedure:
     """Runs the reset for one robot on a `ControlLoop` (see the module docstring)."""
 
-    def __init__(self, robot: RobotConfig, gains: HomingGains | None = None) -> None:
+    def __init__(self, robot: RobotConfig) -> None:
         self.robot = robot
-        self.gains = gains or HomingGains()
+        self.cfg = robot.reset
         names = robot.joint_names
         self.act_idx = np.array([names.index(n) for n in robot.actuated_joints])
         self.passive_idx = np.array(
@@ -76,7 +64,6 @@ class ResetProcedure:
         self.soft_lo = np.array([s.lower if s else -np.inf for s in soft])
         self.soft_hi = np.array([s.upper if s else np.inf for s in soft])
         self.step_size = robot.reset.homing_speed * robot.control_dt
-        self.position_servo = robot.actuation.type == "position"
 
     def check_startable(self, state: DeviceState) -> None:
         """Refuse to start with a joint outside its hard limits (needs the operator)."""
@@ -105,9 +92,9 @@ class ResetProcedure:
 
     def command(self, state: DeviceState, ref: np.ndarray) -> np.ndarray:
         """The command that tracks `ref` (servo target, or PD effort with passive damping)."""
-        if self.position_servo:
+        g = self.cfg.homing_gains
+        if g is None:  # position servos (the config requires gains for every other kind)
             return ref.copy()
-        g = self.gains
         q, v = state.positions, state.velocities
         u = g.kp * (ref - q[self.act_idx]) - g.kd * v[self.act_idx]
         if self.passive_idx.size:
@@ -115,7 +102,7 @@ class ResetProcedure:
             u = u + g.passive_damping * float(np.sum(v[self.passive_idx] * np.cos(qp)))
         # Speed governor: above the homing speed, brake in proportion to the excess.
         va = v[self.act_idx]
-        excess = np.sign(va) * np.maximum(np.abs(va) - self.robot.reset.homing_speed, 0.0)
+        excess = np.sign(va) * np.maximum(np.abs(va) - self.cfg.homing_speed, 0.0)
         return np.where(excess != 0.0, -g.speed_gain * excess, u)
 
     def move(
@@ -135,20 +122,20 @@ class ResetProcedure:
 
     def settled(self, state: DeviceState, ref: np.ndarray) -> bool:
         """Actuated joints at `ref`, passive joints hanging at home, everything at rest."""
-        g = self.gains
+        tol = self.cfg.settle_position_tolerance
         q, v = state.positions, state.velocities
-        ok = bool(np.all(np.abs(q[self.act_idx] - ref) <= g.position_tolerance))
-        ok &= bool(np.all(np.abs(v) <= g.velocity_tolerance))
+        ok = bool(np.all(np.abs(q[self.act_idx] - ref) <= tol))
+        ok &= bool(np.all(np.abs(v) <= self.cfg.settle_velocity_tolerance))
         if self.passive_idx.size:
             off = _wrap(q[self.passive_idx] - self.home[self.passive_idx])
-            ok &= bool(np.all(np.abs(off) <= g.position_tolerance))
+            ok &= bool(np.all(np.abs(off) <= tol))
         return ok
 
     def settle(self, loop: ControlLoop, state: DeviceState, ref: np.ndarray) -> DeviceState:
         """Hold `ref` until settled for `reset.settle_s` in a row (at most `max_settle_s`)."""
         dt = self.robot.control_dt
-        need = max(1, int(round(self.robot.reset.settle_s / dt)))
-        limit = int(round(self.gains.max_settle_s / dt))
+        need = max(1, int(round(self.cfg.settle_s / dt)))
+        limit = int(round(self.cfg.max_settle_s / dt))
         run = 0
         for _ in range(limit):
             state = loop.apply_command(self.command(state, ref))
@@ -157,8 +144,9 @@ class ResetProcedure:
                 return state
         q, v = state.positions, state.velocities
         raise ResetError(
-            f"robot '{self.robot.name}' did not settle within {self.gains.max_settle_s} s at "
+            f"robot '{self.robot.name}' did not settle within {self.cfg.max_settle_s} s at "
             f"{dict(zip(self.robot.actuated_joints, ref.round(3).tolist(), strict=True))} "
             f"(last positions {q.round(3).tolist()}, velocities {v.round(3).tolist()}); "
-            "check the joints move freely or raise HomingGains.max_settle_s"
+            "check the joints move freely, or raise reset.max_settle_s (or the settle "
+            "tolerances) in the robot config"
         )

@@ -43,7 +43,7 @@ from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
 
 from hardware.driver import DeviceState, RobotDriver, RobotError, RobotFaultError
-from hardware.homing import HomingGains, ResetError, ResetProcedure
+from hardware.homing import ResetError, ResetProcedure
 from hardware.safety import SafetyEvent, SafetyLayer, SafetyStopError, torque_off
 from hardware.scheduler import Scheduler, Tick, TimingStats
 from sim.actuation import command_to_action
@@ -72,7 +72,6 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         *,
         realtime: bool = True,
         safety: SafetyLayer | None = None,
-        homing: HomingGains | None = None,
         max_episode_steps: int | None = None,
         spin_s: float = 0.0005,
     ) -> None:
@@ -87,7 +86,7 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         self.task = task
         self.joint_names = self.robot.joint_names
         self.safety = safety if safety is not None else SafetyLayer(self.robot)
-        self.reset_procedure = ResetProcedure(self.robot, homing)
+        self.reset_procedure = ResetProcedure(self.robot)
         self.scheduler = Scheduler(self.robot.control_dt, realtime=realtime, spin_s=spin_s)
         self.host_clock = getattr(driver, "clock", time.monotonic)
         self.max_episode_steps = max_episode_steps or task.max_episode_steps
@@ -109,7 +108,6 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
                 self.robot,
                 realtime=realtime,
                 safety=safety,
-                homing=homing,
                 max_episode_steps=self.max_episode_steps,
                 spin_s=spin_s,
             ),

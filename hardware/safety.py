@@ -7,11 +7,12 @@ Every action passes, in order (rules in docs/safety.md):
 2. `rate`: |command - previous command| <= `actuation.max_command_change` per control step.
 3. `soft_limit`: position servos: targets clamped to the joint soft limits. Voltage/torque:
    braking-distance rule: with measured q, v the joint needs
-   s = |v| t_react + v^2 / (2 brake_decel) to stop; where q + sign(v) s reaches the soft limit,
-   effort towards that limit is forbidden, and if the joint still moves towards it the full
-   opposite effort is commanded (a brake).
-4. `velocity`: a joint above `velocity_margin` x its velocity limit gets no command pushing it
-   further in its direction of motion (effort <= 0, or a target not beyond its position).
+   s = |v| t_react + v^2 / (2 brake_decel) to stop (`safety.brake_decel` of the robot config);
+   where q + sign(v) s reaches the soft limit, effort towards that limit is forbidden, and if
+   the joint still moves towards it the full opposite effort is commanded (a brake).
+4. `velocity`: a joint above `safety.velocity_margin` x its velocity limit gets no command
+   pushing it further in its direction of motion (effort <= 0, or a target not beyond its
+   position).
 5. `workspace`: position robots with a `workspace`: the commanded pose's site (forward
    kinematics of the twin model) must be inside the box; otherwise the command is pulled back
    along the segment from the previous command.
@@ -41,10 +42,6 @@ from sim.actuation import command_bounds, command_to_action
 from sim.robot_config import RobotConfig
 
 STAGES = ("action", "rate", "soft_limit", "velocity", "workspace")
-#: Brake deceleration assumed by the braking-distance rule (unit/s^2); measure it per robot.
-#: 25 rad/s^2: the furuta twin's arm under full opposite voltage with the pendulum swinging
-#: decelerates at 35-130 rad/s^2 (docs/safety.md); lower is more conservative.
-DEFAULT_BRAKE_DECEL = 25.0
 #: Stops that keep torque on (servos hold) when `safety.stop_mode` is "hold"; every other
 #: kind (device fault, over-temperature/current, stale state, driver error, Ctrl+C) cuts torque.
 HOLDABLE_KINDS = frozenset(
@@ -163,20 +160,15 @@ class SafetyLayer:
         self,
         robot: RobotConfig,
         *,
-        brake_decel: float = DEFAULT_BRAKE_DECEL,
-        velocity_margin: float = 0.9,
         reaction_periods: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if brake_decel <= 0:
-            raise ValueError(f"brake_decel must be > 0 (unit/s^2), got {brake_decel}")
-        if not 0 < velocity_margin <= 1:
-            raise ValueError(f"velocity_margin must be in (0, 1], got {velocity_margin}")
         self.robot = robot
         self.clock = clock
-        self.brake_decel = brake_decel
-        self.velocity_margin = velocity_margin
         self.position_servo = robot.actuation.type == "position"
+        # The config guarantees brake_decel for effort robots; servos never brake by distance.
+        self.brake_decel = robot.safety.brake_decel or math.inf
+        self.velocity_margin = robot.safety.velocity_margin
         self.lower, self.upper = command_bounds(robot)
         self.max_change = robot.actuation.max_command_change
         span = float(np.max(self.upper - self.lower))

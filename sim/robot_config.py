@@ -1,7 +1,8 @@
 """Robots as data: the typed, validated schema of `configs/robots/*.yaml`.
 
 A robot config names its joints in order (with units and limits), its actuation, control
-rate, serial settings, home pose, reset randomisation and the MuJoCo model of each fidelity.
+rate, serial settings, safety thresholds, reset procedure (home pose, settling, homing gains,
+start randomisation) and the MuJoCo model of each fidelity.
 It lives in `sim` because every layer reads it (sim builds the fidelities from it, hardware
 talks to the device it describes, mfpg_robot trains on it) and `sim` depends on nothing of ours.
 
@@ -115,13 +116,28 @@ class DeviceConfig(StrictModel):
 
 
 class SafetyConfig(StrictModel):
-    """Host-side safety thresholds."""
+    """Host-side safety thresholds (docs/safety.md).
+
+    `velocity_margin`: a joint faster than this fraction of its velocity limit gets no command
+    pushing it further. `brake_decel`: the deceleration (unit/s^2) the braking-distance rule of
+    voltage/torque robots assumes under full opposite effort; measure it on the robot (lower
+    is more conservative). Required for voltage/torque actuation, not allowed for position.
+    """
 
     stop_mode: Literal["torque_off", "hold"]
     max_temperature_c: float = Field(gt=0, le=150)
     max_current_a: float | None = Field(default=None, gt=0)
     stale_state_s: float = Field(gt=0, description="state older than this latches a stop")
     deadline_tolerance: int = Field(ge=0, description="consecutive missed deadlines tolerated")
+    velocity_margin: float = Field(
+        gt=0, le=1, description="fraction of velocity_limit above which speeding up is refused"
+    )
+    brake_decel: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="assumed braking deceleration (unit/s^2), voltage/torque robots only",
+    )
 
 
 class WorkspaceConfig(StrictModel):
@@ -133,19 +149,59 @@ class WorkspaceConfig(StrictModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> WorkspaceConfig:
-        if not all(lo < hi for lo, hi in zip(self.lower, self.upper)):
+        if not all(lo < hi for lo, hi in zip(self.lower, self.upper, strict=True)):
             raise ValueError(f"lower {self.lower} must be < upper {self.upper} on every axis")
         return self
 
 
+class HomingGains(StrictModel):
+    """Reset controller of voltage/torque robots (command units: V or N m per joint unit).
+
+    A PD law on the actuated joints plus feedback of the passive joints' velocity (damps a
+    swinging pendulum through the arm), and a speed governor above `reset.homing_speed`.
+    """
+
+    kp: float = Field(gt=0, allow_inf_nan=False, description="effort per unit of position error")
+    kd: float = Field(ge=0, allow_inf_nan=False, description="effort per unit/s of joint velocity")
+    passive_damping: float = Field(
+        allow_inf_nan=False,
+        description="effort per unit/s of passive-joint velocity x cos(passive angle)",
+    )
+    speed_gain: float = Field(
+        gt=0,
+        allow_inf_nan=False,
+        description="braking effort per unit/s an actuated joint exceeds homing_speed",
+    )
+
+
 class ResetConfig(StrictModel):
-    """Home pose and per-joint uniform randomisation applied after homing (offsets)."""
+    """Home pose, settling criteria, reset controller and per-joint start randomisation.
+
+    A joint is settled when actuated joints are within `settle_position_tolerance` of their
+    goal (passive joints of their home value, modulo 2 pi) and every speed is below
+    `settle_velocity_tolerance`, for `settle_s` in a row; a reset that does not settle within
+    `max_settle_s` fails. `homing_gains`: required for voltage/torque actuation, not allowed
+    for position servos (they track the homing reference themselves).
+    """
 
     home: dict[str, float]
     position_noise: dict[str, float]
     velocity_noise: dict[str, float]
     homing_speed: float = Field(gt=0, description="max speed of the move to home (unit/s)")
-    settle_s: float = Field(ge=0)
+    settle_s: float = Field(ge=0, description="how long the robot must stay settled (s)")
+    settle_position_tolerance: float = Field(gt=0, description="settled: |position error| below")
+    settle_velocity_tolerance: float = Field(gt=0, description="settled: |velocity| below")
+    max_settle_s: float = Field(gt=0, allow_inf_nan=False, description="settling time limit (s)")
+    homing_gains: HomingGains | None = None
+
+    @model_validator(mode="after")
+    def _settle_time(self) -> ResetConfig:
+        if not self.max_settle_s > self.settle_s:
+            raise ValueError(
+                f"max_settle_s ({self.max_settle_s}) must be > settle_s ({self.settle_s}), "
+                "else no reset can settle"
+            )
+        return self
 
 
 class RobotConfig(StrictModel):
@@ -175,12 +231,23 @@ class RobotConfig(StrictModel):
                 raise ValueError(f"reset.{section} names unknown joints {unknown}; joints: {names}")
         missing = [f for f in FIDELITIES if f not in self.models]
         if missing:
-            raise ValueError(f"models must name a MuJoCo file for every fidelity; missing {missing}")
+            raise ValueError(
+                f"models must name a MuJoCo file for every fidelity; missing {missing}"
+            )
         for fidelity, file in self.models.items():
             if not (MODELS_DIR / file).is_file():
                 raise ValueError(f"models.{fidelity}: file '{file}' not found in {MODELS_DIR}")
         if not any(j.actuated for j in self.joints):
             raise ValueError("at least one joint must be actuated")
+        effort = self.actuation.type != "position"
+        for key, value in (
+            ("safety.brake_decel", self.safety.brake_decel),
+            ("reset.homing_gains", self.reset.homing_gains),
+        ):
+            if effort and value is None:
+                raise ValueError(f"actuation type '{self.actuation.type}' needs {key}")
+            if not effort and value is not None:
+                raise ValueError(f"{key} applies to voltage/torque actuation only; remove it")
         return self
 
     @property
@@ -232,7 +299,9 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 def validate_mapping(data: Any, model: type[M], source: str) -> M:
     """Validate a parsed YAML mapping against `model`, raising `ConfigError` on any problem."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: top level must be a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: top level must be a mapping of keys, got {type(data).__name__}"
+        )
     try:
         return model.model_validate(data)
     except ValidationError as err:

@@ -156,3 +156,61 @@ def test_check_config_cli_reports_errors_with_status_2(tmp_path: Path) -> None:
     proc = _cli(str(_write(tmp_path, data)))
     assert proc.returncode == 2
     assert "serial.baud_rate" in proc.stderr
+
+
+def _arm2() -> dict:
+    return yaml.safe_load((ROBOTS_DIR / "arm2.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("safety", "velocity_margin", 1.5, "less than or equal to 1"),
+        ("safety", "brake_decel", 0.0, "greater than 0"),
+        ("safety", "brake_decel", float("inf"), "finite number"),
+        ("reset", "settle_velocity_tolerance", -0.5, "greater than 0"),
+        ("reset", "max_settle_s", 0.5, "must be > settle_s"),
+    ],
+)
+def test_bad_safety_and_reset_values_are_named(
+    tmp_path: Path, section: str, key: str, value: float, expected: str
+) -> None:
+    data = _furuta()
+    data[section][key] = value
+    msg = _error(tmp_path, data)
+    assert section in msg and expected in msg
+    if "settle_s" not in expected:
+        assert f"{section}.{key}" in msg
+
+
+def test_bad_homing_gain_is_named(tmp_path: Path) -> None:
+    data = _furuta()
+    data["reset"]["homing_gains"]["kp"] = -12.0
+    msg = _error(tmp_path, data)
+    assert "reset.homing_gains.kp" in msg and "greater than 0" in msg
+
+
+@pytest.mark.parametrize(("section", "key"), [("safety", "brake_decel"), ("reset", "homing_gains")])
+def test_effort_robots_need_braking_and_homing_settings(
+    tmp_path: Path, section: str, key: str
+) -> None:
+    data = _furuta()
+    del data[section][key]
+    assert f"actuation type 'voltage' needs {section}.{key}" in _error(tmp_path, data)
+
+
+def test_servo_robots_refuse_effort_only_settings(tmp_path: Path) -> None:
+    data = _arm2()
+    data["safety"]["brake_decel"] = 25.0
+    assert "safety.brake_decel applies to voltage/torque actuation only" in _error(tmp_path, data)
+    data = _arm2()
+    data["reset"]["homing_gains"] = _furuta()["reset"]["homing_gains"]
+    assert "reset.homing_gains applies to voltage/torque actuation only" in _error(tmp_path, data)
+
+
+def test_tuned_settings_are_read_from_the_yaml() -> None:
+    furuta, arm2 = load_robot_config("furuta"), load_robot_config("arm2")
+    gains = furuta.reset.homing_gains
+    assert gains is not None and (gains.kp, gains.kd, gains.passive_damping) == (12.0, 1.0, -0.3)
+    assert furuta.safety.brake_decel == 25.0 and furuta.safety.velocity_margin == 0.9
+    assert arm2.safety.brake_decel is None and arm2.reset.homing_gains is None

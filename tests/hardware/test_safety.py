@@ -52,8 +52,10 @@ def state(
     )
 
 
-def layer(robot: RobotConfig, s: DeviceState | None = None, **kwargs) -> SafetyLayer:
-    safety = SafetyLayer(robot, clock=lambda: 1.0, **kwargs)
+def layer(robot: RobotConfig, s: DeviceState | None = None, **safety_cfg: float) -> SafetyLayer:
+    """A started layer for `robot`, with `safety` config values overridden by `safety_cfg`."""
+    robot = robot.model_copy(update={"safety": robot.safety.model_copy(update=safety_cfg)})
+    safety = SafetyLayer(robot, clock=lambda: 1.0)
     safety.start(s if s is not None else state(robot, t=0.0))
     return safety
 
@@ -339,8 +341,13 @@ def test_property_servo_targets_respect_every_limit(
             assert c[j] >= min(q[j], prev[j] + 0.1) - 1e-12
 
 
-def test_brake_decel_and_margin_are_validated() -> None:
-    with pytest.raises(ValueError, match="brake_decel"):
-        SafetyLayer(FURUTA, brake_decel=0.0)
-    with pytest.raises(ValueError, match="velocity_margin"):
-        SafetyLayer(FURUTA, velocity_margin=1.5)
+def test_brake_decel_and_velocity_margin_come_from_the_config() -> None:
+    assert layer(FURUTA).brake_decel == FURUTA.safety.brake_decel
+    cautious = layer(FURUTA, brake_decel=5.0)  # lower deceleration: brakes earlier
+    moving = state(FURUTA, [1.2, 0.0], [4.0, 0.0])  # 0.8 rad from the soft limit at 4 rad/s
+    assert layer(FURUTA).filter_action([1.0], moving).command == pytest.approx([2.0])
+    assert cautious.filter_action([1.0], moving).command == pytest.approx([-2.0])
+    fast = state(FURUTA, [0.0, 0.0], [30.0, 0.0])  # 0.75 x the 40 rad/s limit
+    assert layer(FURUTA, brake_decel=1e9).filter_action([1.0], fast).command[0] > 0
+    strict = layer(FURUTA, brake_decel=1e9, velocity_margin=0.5)
+    assert strict.filter_action([1.0], fast).command == pytest.approx([0.0])
