@@ -89,6 +89,17 @@ class RobotDriver(abc.ABC):
     def send_command(self, command: np.ndarray) -> None:
         """Send one physical command per actuated joint (volts, N m or position targets)."""
 
+    def submit_command(self, command: np.ndarray) -> None:
+        """Send a command without waiting for the device to accept it.
+
+        The next `read_state()` reports a refusal (the same `RobotFaultError` that
+        `send_command` raises), so a control loop's command acknowledgement overlaps its
+        wait for the period's deadline. A bad command (`ValueError`) is refused here, before
+        sending. Any other request first abandons the outcome of a submitted command that was
+        not read yet (never re-sending it). This default sends synchronously.
+        """
+        self.send_command(command)
+
     @abc.abstractmethod
     def read_state(self) -> DeviceState:
         """Read a fresh measured state (never a stale or out-of-order reply)."""

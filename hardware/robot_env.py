@@ -190,9 +190,13 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         return self._state
 
     def _cycle(self, command: np.ndarray) -> tuple[Tick | None, SafetyEvent | None]:
-        """Send, wait for the deadline, read, check; carry out a stop if one latched."""
+        """Send, wait for the deadline, read, check; carry out a stop if one latched.
+
+        The command is submitted (`RobotDriver.submit_command`): its acknowledgement is read
+        with the state after the deadline, and a refusal surfaces from `read_state`.
+        """
         try:
-            self.driver.send_command(command)
+            self.driver.submit_command(command)
         except RobotError as err:
             self._trip_on_error(err)
             return None, self.safety.latched

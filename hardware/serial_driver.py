@@ -14,11 +14,18 @@ missing port, no reply, repeated corrupted replies, a lost link or a mismatched 
 `RobotFaultError` when the device refuses a request because a fault or the e-stop is latched
 (fault bits decoded into names, e.g. ('WATCHDOG',)), or because torque is off.
 Leaving the context manager (normally, on an exception or on Ctrl+C) disables torque.
+
+A control loop pipelines its exchange: `submit_command` puts the COMMAND on the wire and
+returns; the following `read_state` sends READ_STATE, then reads the COMMAND's reply (raising
+its refusal, if any) and the STATE (`Transport.send`/`result`). The device sees the same
+requests in the same order as with `send_command`; the host no longer waits for the ACK
+before its deadline wait, which saves one round trip of host time per control step.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -27,6 +34,7 @@ from hardware.driver import (
     DeviceState,
     RobotConnectionError,
     RobotDriver,
+    RobotError,
     RobotFaultError,
 )
 from hardware.protocol import (
@@ -43,15 +51,44 @@ from hardware.protocol import (
     Hello,
     HelloReply,
     Message,
+    MsgType,
     ReadState,
     SetWatchdog,
     StateReply,
     robot_model_name,
 )
-from hardware.transport import Transport, TransportStats, open_port
+from hardware.transport import Pending, Transport, TransportStats, open_port
 from sim.robot_config import RobotConfig
 
 ESTOP_FAULT = "ESTOP"  # name reported in RobotFaultError.faults while the e-stop is latched
+
+
+def refusal_error(
+    request: MsgType, reply: ErrorReply, faults: Callable[[], tuple[str, ...]]
+) -> RobotError:
+    """The driver error for a device's ERROR reply to `request`.
+
+    `faults` is called (only for a FAULTED refusal) to name the latched faults.
+    """
+    name = request.name
+    if reply.code is ErrorCode.ESTOPPED:
+        return RobotFaultError(
+            f"device refused {name}: the e-stop is latched; call clear_fault(), then enable()",
+            (ESTOP_FAULT,),
+        )
+    if reply.code is ErrorCode.FAULTED:
+        latched = faults()
+        return RobotFaultError(
+            f"device refused {name}: fault(s) latched: {', '.join(latched) or 'unknown'}; "
+            f"remove the cause, call clear_fault(), then enable()",
+            latched,
+        )
+    if reply.code is ErrorCode.NOT_ENABLED:
+        return RobotFaultError(f"device refused {name}: torque is off; call enable() first")
+    return RobotConnectionError(
+        f"device refused {name} ({_error_text(reply)}): the device and this host disagree "
+        f"on the protocol or the robot; check the firmware and the robot config"
+    )
 
 
 def describe_device(info: DeviceInfo | HelloReply) -> str:
@@ -84,6 +121,7 @@ class SerialDriver(RobotDriver):
         self._n_joints = len(robot.joints)
         self._n_act = len(robot.actuated_joints)
         self._last_stamp_us = -1
+        self._submitted: Pending | None = None  # a COMMAND whose reply is not read yet
 
     # -- RobotDriver ----------------------------------------------------------------------
     @property
@@ -138,13 +176,13 @@ class SerialDriver(RobotDriver):
         self._ack(Disable())
 
     def send_command(self, command: np.ndarray) -> None:
-        cmd = np.asarray(command, dtype=np.float64).reshape(-1)
-        if cmd.shape[0] != self._n_act or not np.all(np.isfinite(cmd)):
-            raise ValueError(
-                f"command must hold {self._n_act} finite value(s), one per actuated joint "
-                f"{self.robot.actuated_joints}, got {np.asarray(command)!r}"
-            )
-        self._ack(Command(tuple(cmd.tolist())))
+        self._ack(self._command(command))
+
+    def submit_command(self, command: np.ndarray) -> None:
+        msg = self._command(command)
+        transport = self._require_transport()
+        self._abandon_submitted(transport)
+        self._submitted = transport.send(msg)
 
     def read_state(self) -> DeviceState:
         reply = self._request(ReadState())
@@ -171,6 +209,7 @@ class SerialDriver(RobotDriver):
         transport, self._transport = self._transport, None
         if transport is None:
             return
+        self._abandon_submitted(transport)
         try:
             if self.info is not None:
                 transport.request(Disable())
@@ -181,38 +220,60 @@ class SerialDriver(RobotDriver):
             transport.close()
 
     # -- internals ------------------------------------------------------------------------
-    def _request(self, msg: Message) -> Message:
+    def _require_transport(self) -> Transport:
         if self._transport is None:
             raise RobotConnectionError("not connected: call connect() (or use `with driver:`)")
-        return self._transport.request(msg)
+        return self._transport
+
+    def _command(self, command: np.ndarray) -> Command:
+        """The COMMAND for `command`; the codec checks that the values are finite numbers."""
+        try:
+            msg = Command(np.asarray(command, dtype=np.float64).ravel().tolist())
+        except (ValueError, TypeError) as err:  # ProtocolError is a ValueError
+            raise self._bad_command(command, f" ({err})") from None
+        if len(msg.targets) != self._n_act:
+            raise self._bad_command(command, "")
+        return msg
+
+    def _bad_command(self, command: object, why: str) -> ValueError:
+        return ValueError(
+            f"command must hold {self._n_act} finite value(s), one per actuated joint "
+            f"{self.robot.actuated_joints}, got {command!r}{why}"
+        )
+
+    def _request(self, msg: Message) -> Message:
+        """Send `msg` and return its reply; a READ_STATE also settles a submitted COMMAND."""
+        transport = self._require_transport()
+        submitted = self._submitted
+        if submitted is None:
+            return transport.request(msg)
+        if msg.TYPE is not MsgType.READ_STATE:
+            self._abandon_submitted(transport)
+            return transport.request(msg)
+        self._submitted = None
+        pending = transport.send(msg)  # on the wire before the COMMAND's reply is read
+        try:
+            reply = transport.result(submitted)
+            if isinstance(reply, ErrorReply):
+                raise self._refusal(submitted.msg, reply)
+            return transport.result(pending)
+        finally:
+            transport.forget(pending)
+
+    def _abandon_submitted(self, transport: Transport) -> None:
+        """Drop a submitted COMMAND's outcome: its reply is discarded, it is never re-sent."""
+        if self._submitted is not None:
+            transport.forget(self._submitted)
+            self._submitted = None
 
     def _ack(self, msg: Message) -> None:
         """Send a request whose success reply is ACK; raise on ERROR."""
         reply = self._request(msg)
         if isinstance(reply, ErrorReply):
-            self._raise_refusal(msg, reply)
+            raise self._refusal(msg, reply)
 
-    def _raise_refusal(self, msg: Message, reply: ErrorReply) -> None:
-        name = msg.TYPE.name
-        if reply.code is ErrorCode.ESTOPPED:
-            raise RobotFaultError(
-                f"device refused {name}: the e-stop is latched; call clear_fault(), then "
-                f"enable()",
-                (ESTOP_FAULT,),
-            )
-        if reply.code is ErrorCode.FAULTED:
-            faults = self.read_state().faults
-            raise RobotFaultError(
-                f"device refused {name}: fault(s) latched: {', '.join(faults) or 'unknown'}; "
-                f"remove the cause, call clear_fault(), then enable()",
-                faults,
-            )
-        if reply.code is ErrorCode.NOT_ENABLED:
-            raise RobotFaultError(f"device refused {name}: torque is off; call enable() first")
-        raise RobotConnectionError(
-            f"device refused {name} ({_error_text(reply)}): the device and this host disagree "
-            f"on the protocol or the robot; check the firmware and the robot config"
-        )
+    def _refusal(self, msg: Message, reply: ErrorReply) -> RobotError:
+        return refusal_error(msg.TYPE, reply, lambda: self.read_state().faults)
 
     def _check_identity(self, reply: HelloReply) -> None:
         dev = self.robot.device
@@ -243,13 +304,22 @@ class SerialDriver(RobotDriver):
                 f"us): the device restarted; reconnect and re-home"
             )
         self._last_stamp_us = reply.timestamp_us
+        n = self._n_joints
+        joints = np.array(reply.position + reply.velocity)  # one array, two views
+        current, temperature = reply.current, reply.temperature
+        if current is None or temperature is None:
+            currents = None if current is None else np.array(current)
+            temperatures = None if temperature is None else np.array(temperature)
+        else:
+            motors = np.array(current + temperature)
+            currents, temperatures = motors[: len(current)], motors[len(current) :]
         return DeviceState(
             device_time_s=reply.timestamp_us * 1e-6,
             host_time_s=host_time,
-            positions=np.array(reply.position),
-            velocities=np.array(reply.velocity),
-            currents=None if reply.current is None else np.array(reply.current),
-            temperatures=None if reply.temperature is None else np.array(reply.temperature),
+            positions=joints[:n],
+            velocities=joints[n:],
+            currents=currents,
+            temperatures=temperatures,
             enabled=reply.enabled,
             estopped=reply.estopped,
             faults=tuple(reply.fault_names),

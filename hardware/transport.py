@@ -1,4 +1,4 @@
-"""Transport: one request, one reply, over a pyserial port (docs/protocol.md section 5).
+"""Transport: requests and their replies over a pyserial port (docs/protocol.md section 5).
 
 `open_port(url, ...)` opens anything `serial.serial_for_url` understands: a device path
 (`/dev/ttyUSB0`, `COM3`), a pseudo-terminal path (the device emulator), `socket://host:port`,
@@ -6,12 +6,20 @@
 do exist and how to fix the usual causes.
 
 `Transport.request(msg)` sends one request and returns its reply (the expected reply type or
-an `ErrorReply`). Each transmission gets a new sequence number; a reply with another sequence
-number (a late reply to an abandoned attempt, an out-of-order frame) is discarded and counted,
-never returned. A timeout or a corrupted reply (bad header check / CRC) costs one attempt;
-after `retries` re-sends `RobotConnectionError` says what went wrong. Timing: each attempt
-waits about `timeout_s` for its reply to start (at most twice that in total when a reply
-stalls half-way), so a silent device is reported after about `timeout_s * (retries + 1)`.
+an `ErrorReply`). It is `result(send(msg))`: `send` transmits a request and returns a
+`Pending` at once, so that a caller can have a second request on the wire before it reads the
+first reply (pipelining; the device answers requests in order, docs/protocol.md section 6),
+and `result(pending)` returns that request's reply; `forget(pending)` abandons one.
+
+Each transmission gets a new sequence number. A valid reply whose sequence number belongs to
+another outstanding request is kept for that request's `result`; any other sequence number
+(a late reply to an abandoned attempt or a forgotten request, an out-of-order frame) is
+discarded and counted, never returned. A timeout or a corrupted reply (bad header check /
+CRC) while waiting for a request costs that request one attempt, and it is re-sent with a new
+sequence number; after `retries` re-sends `RobotConnectionError` says what went wrong.
+Timing: each attempt waits about `timeout_s` for its reply to start (at most twice that in
+total when a reply stalls half-way), so a silent device is reported after about
+`timeout_s * (retries + 1)`.
 
 Per-request cost is kept low for a 250 Hz loop: the port object and the frame decoder live as
 long as the transport, and a reply is read as its 8-byte header followed by exactly the
@@ -77,12 +85,21 @@ def open_port(url: str, baudrate: int, timeout_s: float) -> serial.SerialBase:
 class TransportStats:
     """Counters since the transport was made (diagnostics; cheap to keep)."""
 
-    requests: int = 0  # request() calls
+    requests: int = 0  # requests sent (request() or send() calls)
     attempts: int = 0  # frames transmitted (requests + retries)
     timeouts: int = 0  # attempts with no valid reply in time
     corrupted: int = 0  # attempts abandoned on a bad header check / CRC
-    stale: int = 0  # valid frames discarded for a wrong sequence number
+    stale: int = 0  # valid frames discarded for a sequence number nobody waits for
     unexpected: int = 0  # valid frames of the right seq but an unexpected type / undecodable
+
+
+@dataclass(eq=False)
+class Pending:
+    """A request on the wire whose reply has not been returned yet (`Transport.send`)."""
+
+    msg: Message
+    expected: MsgType  # the reply type on success (ERROR is always possible)
+    seq: int = -1  # of its latest transmission
 
 
 class Transport:
@@ -100,6 +117,8 @@ class Transport:
         self._decoder = FrameDecoder()
         self._seq = 0xFFFF  # the first request goes out with seq 0
         self._reply_size: dict[MsgType, int] = {}  # frame size of the last reply per type
+        self._outstanding: dict[int, Pending] = {}  # seq -> request awaiting its reply
+        self._replies: dict[int, Message] = {}  # seq -> reply that arrived before its turn
 
     @property
     def name(self) -> str:
@@ -116,31 +135,49 @@ class Transport:
 
     def request(self, msg: Message) -> Message:
         """Send `msg`; return its reply (expected type or `ErrorReply`); retry on failure."""
-        expected = REPLY_TYPE[msg.TYPE]
+        return self.result(self.send(msg))
+
+    def send(self, msg: Message) -> Pending:
+        """Transmit `msg` now; its reply is read by `result` (or dropped by `forget`)."""
+        self.stats.requests += 1
+        pending = Pending(msg, REPLY_TYPE[msg.TYPE])
+        self._transmit(pending)
+        return pending
+
+    def result(self, pending: Pending) -> Message:
+        """The reply to `pending` (expected type or `ErrorReply`); re-send it on failure."""
         stats = self.stats
-        stats.requests += 1
         timeouts = corrupted = 0
-        for _ in range(self.retries + 1):
-            self._seq = seq = next_seq(self._seq)
-            self._decoder.reset()
-            self._write(encode(msg, seq))
-            stats.attempts += 1
-            reply = self._await_reply(seq, expected)
-            if isinstance(reply, Message):
-                return reply
-            if reply == "corrupted":
-                corrupted += 1
-                stats.corrupted += 1
-            else:
-                timeouts += 1
-                stats.timeouts += 1
+        try:
+            for attempt in range(self.retries + 1):
+                if attempt:
+                    self._transmit(pending)
+                reply = self._replies.pop(pending.seq, None)
+                if reply is None:
+                    reply = self._await_reply(pending)
+                if isinstance(reply, Message):
+                    return reply
+                del self._outstanding[pending.seq]  # a late reply to this attempt is stale
+                if reply == "corrupted":
+                    corrupted += 1
+                    stats.corrupted += 1
+                else:
+                    timeouts += 1
+                    stats.timeouts += 1
+        finally:
+            self.forget(pending)
         raise RobotConnectionError(
-            f"no valid reply to {msg.TYPE.name} from the device on '{self.name}' after "
+            f"no valid reply to {pending.msg.TYPE.name} from the device on '{self.name}' after "
             f"{self.retries + 1} attempt(s) ({timeouts} timed out after {self.timeout_s * 1e3:.0f}"
             f" ms, {corrupted} corrupted). Check that the device is powered and running its "
             f"firmware (or that the emulator is running), the port and the baud rate "
             f"({self.port.baudrate})."
         )
+
+    def forget(self, pending: Pending) -> None:
+        """Stop waiting for `pending`: its reply, now or later, is discarded (idempotent)."""
+        self._outstanding.pop(pending.seq, None)
+        self._replies.pop(pending.seq, None)
 
     def close(self) -> None:
         """Close the port (idempotent)."""
@@ -152,6 +189,16 @@ class Transport:
             f"lost the connection to the device on '{self.name}': {err}. The device was "
             f"unplugged, powered off or crashed; reconnect it and start again."
         )
+
+    def _transmit(self, pending: Pending) -> None:
+        """Send `pending` with a new seq; a fresh start when nothing else is outstanding."""
+        self._seq = seq = next_seq(self._seq)
+        if not self._outstanding:
+            self._decoder.reset()  # bytes left from abandoned attempts: nobody needs them
+        self._write(encode(pending.msg, seq))
+        self.stats.attempts += 1
+        pending.seq = seq
+        self._outstanding[seq] = pending
 
     def _write(self, frame: bytes) -> None:
         try:
@@ -165,16 +212,16 @@ class Transport:
         except (serial.SerialException, OSError) as err:
             raise self._lost(err) from None
 
-    def _await_reply(
-        self, seq: int, expected: MsgType
-    ) -> Message | Literal["timeout", "corrupted"]:
-        """The reply to `seq`, or "timeout" / "corrupted" (then the caller retries).
+    def _await_reply(self, pending: Pending) -> Message | Literal["timeout", "corrupted"]:
+        """The reply to `pending`, or "timeout" / "corrupted" (then the caller retries).
 
+        Replies to other outstanding requests that arrive meanwhile are kept in `_replies`.
         Fast path: one read of the size the last reply of this type had (learned); else a
         read of the 8-byte header and one of the rest of its frame. After garbage, or bytes
         left over from another frame, it reads what is waiting (at least 1 byte).
         """
         decoder, stats = self._decoder, self.stats
+        outstanding, expected = self._outstanding, pending.expected
         bad_before = decoder.stats.bad_crc + decoder.stats.bad_header
         deadline = time.monotonic() + self.timeout_s
         first = self._reply_size.get(expected, HEADER_SIZE)
@@ -194,18 +241,25 @@ class Transport:
             else:
                 data = self._read(max(1, self.port.in_waiting))
                 frames = decoder.feed(data)
-            for frame in frames:
-                msg = frame.msg
-                if frame.seq != seq:
+            found = None
+            for seq, msg in frames:
+                owner = outstanding.get(seq)
+                if owner is None or seq in self._replies or (
+                    found is not None and owner is pending
+                ):
                     stats.stale += 1
                 elif isinstance(msg, Undecodable) or (
-                    msg.TYPE is not expected and msg.TYPE is not MsgType.ERROR
+                    msg.TYPE is not owner.expected and msg.TYPE is not MsgType.ERROR
                 ):
                     stats.unexpected += 1
-                else:
+                elif owner is pending:
                     if size and msg.TYPE is expected and len(frames) == 1:
                         self._reply_size[expected] = size
-                    return msg
+                    found = msg
+                else:
+                    self._replies[seq] = msg
+            if found is not None:
+                return found
             if decoder.stats.bad_crc + decoder.stats.bad_header != bad_before:
                 return "corrupted"
             if not data or time.monotonic() > deadline:

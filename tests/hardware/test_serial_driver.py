@@ -316,15 +316,105 @@ def test_a_port_in_use_by_another_driver_is_refused(furuta: RobotConfig, fake: F
 def test_bad_commands_are_refused_before_sending(furuta: RobotConfig, fake: FakeDevice) -> None:
     drv = connected(furuta, fake.port)
     sent = drv.stats.attempts
-    for bad in (np.array([1.0, 2.0]), np.array([np.nan]), np.array([])):
+    for bad in (np.array([1.0, 2.0]), np.array([np.nan]), np.array([]), ["volts"]):
         with pytest.raises(ValueError, match="one per actuated joint"):
             drv.send_command(bad)
+    with pytest.raises(ValueError, match="one per actuated joint.*float32 range"):
+        drv.submit_command(np.array([1e300]))  # the codec's own check, reworded
     with pytest.raises(ValueError, match="10..10000"):
         drv.set_watchdog(5)
     assert drv.stats.attempts == sent
     drv.close()
     with pytest.raises(RobotConnectionError, match="not connected"):
         drv.read_state()
+
+
+def test_submitted_command_and_read_state_are_pipelined(
+    furuta: RobotConfig, fake: FakeDevice
+) -> None:
+    held: list[Frame] = []
+    fake.on_request[MsgType.COMMAND] = lambda f: held.append(f) or []  # ACK held back...
+    fake.on_read_state = lambda f, n: [  # ...until READ_STATE is on the wire
+        *(encode(Ack(MsgType.COMMAND), c.seq) for c in held),
+        encode(state(4.0), f.seq),
+    ]
+    drv = connected(furuta, fake.port, timeout_s=0.3)
+    t0 = time.monotonic()
+    for k in range(3):
+        held.clear()
+        drv.submit_command(np.array([0.5 * k]))
+        assert drv.read_state().positions[0] == 4.0
+    assert time.monotonic() - t0 < 0.3  # no timeout: the host did not wait for the ACK first
+    kinds = [(f.msg.TYPE, f.seq) for f in fake.requests[2:]]
+    assert [k for k, _ in kinds] == [MsgType.COMMAND, MsgType.READ_STATE] * 3
+    assert [q for _, q in kinds] == list(range(2, 8))
+    assert drv.stats.attempts == drv.stats.requests and drv.stats.stale == 0
+    drv.close()
+
+
+def test_refusal_of_a_submitted_command_is_raised_by_read_state(
+    furuta: RobotConfig, fake: FakeDevice
+) -> None:
+    fake.on_request[MsgType.COMMAND] = lambda f: [
+        encode(ErrorReply(ErrorCode.NOT_ENABLED, MsgType.COMMAND, f.seq), f.seq)
+    ]
+    drv = connected(furuta, fake.port)
+    drv.submit_command(np.array([1.0]))
+    with pytest.raises(RobotFaultError, match="refused COMMAND: torque is off"):
+        drv.read_state()
+    assert drv.read_state().positions[0] == 0.0  # the link is in step afterwards
+    assert drv.stats.stale == 1  # the abandoned STATE of the failed read
+    drv.close()
+
+
+def test_lost_ack_of_a_submitted_command_is_retried_and_the_state_kept(
+    furuta: RobotConfig, fake: FakeDevice
+) -> None:
+    commands: list[Frame] = []
+
+    def on_command(f: Frame) -> list[bytes]:
+        commands.append(f)
+        return [] if len(commands) == 1 else [encode(Ack(MsgType.COMMAND), f.seq)]
+
+    fake.on_request[MsgType.COMMAND] = on_command
+    fake.on_read_state = lambda f, n: [encode(state(5.0), f.seq)]
+    drv = connected(furuta, fake.port, timeout_s=0.2)
+    drv.submit_command(np.array([1.0]))
+    assert drv.read_state().positions[0] == 5.0  # kept while the COMMAND was re-sent
+    assert [f.msg.targets for f in commands] == [(1.0,), (1.0,)]
+    assert commands[1].seq == commands[0].seq + 2  # a new transmission after READ_STATE
+    assert (drv.stats.timeouts, drv.stats.stale) == (1, 0)
+    assert drv.stats.attempts == drv.stats.requests + 1 == 5  # HELLO, WATCHDOG, 2+1
+    drv.close()
+
+
+def test_state_reply_ahead_of_the_command_reply_is_not_stale(
+    furuta: RobotConfig, fake: FakeDevice
+) -> None:
+    held: list[Frame] = []
+    fake.on_request[MsgType.COMMAND] = lambda f: held.append(f) or []
+    fake.on_read_state = lambda f, n: [  # replies out of order: STATE, then the ACK
+        encode(state(6.0), f.seq),
+        encode(Ack(MsgType.COMMAND), held[-1].seq),
+    ]
+    drv = connected(furuta, fake.port)
+    drv.submit_command(np.array([1.0]))
+    assert drv.read_state().positions[0] == 6.0
+    assert (drv.stats.stale, drv.stats.timeouts, drv.stats.unexpected) == (0, 0, 0)
+    drv.close()
+
+
+def test_another_request_abandons_a_submitted_command_without_resending_it(
+    furuta: RobotConfig, fake: FakeDevice
+) -> None:
+    drv = connected(furuta, fake.port)
+    drv.submit_command(np.array([1.0]))
+    drv.disable()  # e.g. Ctrl+C during the deadline wait: torque off goes out at once
+    kinds = [f.msg.TYPE for f in fake.requests[2:]]
+    assert kinds == [MsgType.COMMAND, MsgType.DISABLE]
+    assert drv.stats.stale == 1  # the COMMAND's ACK, discarded
+    assert drv.read_state().positions[0] == 0.0
+    drv.close()
 
 
 def test_corrupted_replies_from_the_emulator_are_retried(
@@ -338,6 +428,24 @@ def test_corrupted_replies_from_the_emulator_are_retried(
             drv.read_state()
         assert drv.stats.corrupted > 10
         assert drv.stats.requests > 600
+
+
+def test_pipelined_steps_survive_dropped_and_corrupted_replies(
+    furuta: RobotConfig, emulator_factory
+) -> None:
+    emu = emulator_factory(
+        "furuta", "--drop-rate", "0.03", "--corrupt-rate", "0.03", "--seed", "5"
+    )
+    with SerialDriver(furuta, port=emu.port, retries=5) as drv:
+        drv.enable()
+        stamps = []
+        for _ in range(200):
+            drv.submit_command(np.array([0.0]))
+            stamps.append(drv.read_state().device_time_s)
+        stats = drv.stats
+        assert stats.timeouts > 3 and stats.corrupted > 3
+        assert stats.requests >= 400 + 2  # every COMMAND and READ_STATE answered
+    assert all(b >= a for a, b in zip(stamps[:-1], stamps[1:], strict=True))
 
 
 def test_dropped_and_delayed_replies_from_the_emulator_are_survived(
