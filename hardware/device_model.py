@@ -1,6 +1,7 @@
 """The firmware of an emulated device, without I/O: protocol handling, limits, faults, twin.
 
-`DeviceModel(robot)` is what `hardware.emulator` runs behind its pseudo-terminal. It follows
+`DeviceModel(robot)` is what `hardware.emulator` runs behind its pseudo-terminal, and what
+`hardware.mock_driver.MockDriver` runs in-process (messages without bytes). It follows
 docs/protocol.md: `handle(frame, now_us)` answers one received frame (check order of section
 7, state rules of section 4), `tick(now_us)` runs one device control period (section 6
 watchdog, physics, sensors, fault checks). The clock is passed in, so tests drive it
@@ -16,14 +17,14 @@ Device-side limits: COMMAND targets are clamped to the robot's command bounds (v
 or the soft position limits for servos; `sim.actuation.command_bounds`), setting CLAMPED.
 Faults latched by the device: WATCHDOG, LIMIT (a joint beyond its hard position limit or
 velocity limit), BAD_COMMAND, OVER_CURRENT (above `safety.max_current_a`) and
-OVER_TEMPERATURE (above `safety.max_temperature_c` + `DEVICE_TEMP_MARGIN_C`, the same device
-limit as `MockDriver`).
+OVER_TEMPERATURE (above `safety.max_temperature_c` + `DEVICE_TEMP_MARGIN_C`).
 
 Current and temperature: for a voltage-driven motor (furuta) current = motor torque / kt,
 with kt and R read off the twin's DC-motor actuator (`Twin.motor_constants`), and the
 winding temperature follows a first-order I^2 R model (`Thermal`). Servos report a constant
-temperature. `inject_overtemperature()` adds a heat offset that puts the motors past the limit
-for good (a fault that re-latches after CLEAR_FAULT, as a motor still too hot does).
+temperature (ambient unless changed). `inject_overtemperature()` adds a heat offset that puts
+the motors past the limit for good (a fault that re-latches after CLEAR_FAULT, as a motor
+still too hot does).
 """
 
 from __future__ import annotations
@@ -105,17 +106,21 @@ class Twin:
             latency_steps=int(_custom_numeric(self.model, "mfpg_sensor_latency_steps")),
             quantise=bool(_custom_numeric(self.model, "mfpg_quantise_encoders")),
         )
-        home = robot.reset.home
-        self.data.qpos[self.qadr] = [home.get(n, 0.0) for n in robot.joint_names]
         self.set_torque(False)
-        mujoco.mj_forward(self.model, self.data)
-        self.q_meas, self.v_meas = self.sensor.reset(*self.true_state())
+        self.set_state(np.array([robot.reset.home.get(n, 0.0) for n in robot.joint_names]))
 
     def _id(self, kind: mujoco.mjtObj, name: str) -> int:
         idx = mujoco.mj_name2id(self.model, kind, name)
         if idx < 0:
             raise ValueError(f"twin model of '{self.robot.name}' has no {kind.name} '{name}'")
         return idx
+
+    def set_state(self, q: np.ndarray, v: np.ndarray | None = None) -> None:
+        """Put the joints at `q` with velocities `v` (default rest); the sensors restart there."""
+        self.data.qpos[self.qadr] = q
+        self.data.qvel[self.vadr] = 0.0 if v is None else v
+        mujoco.mj_forward(self.model, self.data)
+        self.q_meas, self.v_meas = self.sensor.reset(*self.true_state())
 
     def true_state(self) -> tuple[np.ndarray, np.ndarray]:
         """Exact joint positions and velocities (config joint order)."""
@@ -192,7 +197,7 @@ class DeviceModel:
             # The codec reports an unknown type first; a reply type is never a valid request.
             code = ErrorCode.UNKNOWN_TYPE if msg.type_id & 0x80 else msg.error
             if msg.type_id == MsgType.COMMAND and self.enabled:
-                self._latch(FaultFlag.BAD_COMMAND)
+                self.latch(FaultFlag.BAD_COMMAND)
             return ErrorReply(code, msg.type_id, seq)
         if not msg.TYPE.is_request:
             return ErrorReply(ErrorCode.UNKNOWN_TYPE, msg.TYPE, seq)
@@ -228,7 +233,7 @@ class DeviceModel:
     def _command(self, msg: Command, seq: int, now_us: int) -> Message:
         if len(msg.targets) != self.n_act:
             if self.enabled:
-                self._latch(FaultFlag.BAD_COMMAND)
+                self.latch(FaultFlag.BAD_COMMAND)
             return ErrorReply(ErrorCode.BAD_VALUE, MsgType.COMMAND, seq)
         refused = self._refusal(msg, seq, need_enabled=True)
         if refused:
@@ -270,7 +275,7 @@ class DeviceModel:
     def tick(self, now_us: int) -> None:
         """One control period ending at `now_us`: watchdog, physics, sensors, fault checks."""
         if self.enabled and now_us - self._feed_us > self.watchdog_ms * 1000:
-            self._latch(FaultFlag.WATCHDOG)
+            self.latch(FaultFlag.WATCHDOG)
         twin = self.twin
         twin.step(self.targets if self.enabled else self._idle_targets())
         self._update_motor()
@@ -281,29 +286,33 @@ class DeviceModel:
             if (lim is not None and not lim.lower <= q <= lim.upper) or abs(
                 v
             ) > joint.velocity_limit:
-                self._latch(FaultFlag.LIMIT)
+                self.latch(FaultFlag.LIMIT)
         if np.max(self.temperature) > self.temp_limit_c:
-            self._latch(FaultFlag.OVER_TEMPERATURE)
+            self.latch(FaultFlag.OVER_TEMPERATURE)
         if self.current_limit_a is not None and np.max(np.abs(self.current)) > self.current_limit_a:
-            self._latch(FaultFlag.OVER_CURRENT)
+            self.latch(FaultFlag.OVER_CURRENT)
 
     def _update_motor(self) -> None:
+        """Current and winding temperature over one period (servos: temperature unchanged)."""
+        if self.motor is None:
+            return
         th = self.thermal
-        if self.motor is not None:
-            kt, resistance = self.motor
-            torque = self.twin.data.actuator_force[self.twin.act_ids]
-            self.current = torque / kt if self.enabled else np.zeros(self.n_act)
-            heat = self.current**2 * resistance
-            cool = (self.temperature - th.ambient_c - self.heat_offset_c) / th.thermal_resistance
-            dt = self.robot.control_dt
-            self.temperature = self.temperature + dt * (heat - cool) / th.capacity
-        else:
-            self.temperature = np.full(self.n_act, th.ambient_c + self.heat_offset_c)
+        kt, resistance = self.motor
+        torque = self.twin.data.actuator_force[self.twin.act_ids]
+        self.current = torque / kt if self.enabled else np.zeros(self.n_act)
+        heat = self.current**2 * resistance
+        cool = (self.temperature - th.ambient_c - self.heat_offset_c) / th.thermal_resistance
+        self.temperature = self.temperature + self.robot.control_dt * (heat - cool) / th.capacity
 
     def inject_overtemperature(self) -> None:
         """Put every motor past the device's temperature limit from now on."""
         self.heat_offset_c = self.temp_limit_c + OVERTEMP_INJECTION_C - self.thermal.ambient_c
         self.temperature = np.maximum(self.temperature, self.thermal.ambient_c + self.heat_offset_c)
+
+    def latch(self, fault: FaultFlag) -> None:
+        """Latch `fault` (kept until CLEAR_FAULT) and switch torque off."""
+        self.faults |= fault
+        self._torque_off()
 
     def shutdown(self) -> None:
         """Power-down path: torque off."""
@@ -341,9 +350,6 @@ class DeviceModel:
         self.enabled = False
         self.twin.set_torque(False)
 
-    def _latch(self, fault: FaultFlag) -> None:
-        self.faults |= fault
-        self._torque_off()
 
 
 _HANDLERS = {
