@@ -81,6 +81,14 @@ def make_batch(
                  f32(returns), f32(values))
 
 
+def record_first_gradient_eval(last: dict[str, Tensor], info: dict[str, Tensor]) -> None:
+    """Keep in `last` the diagnostics of a step's first evaluation with gradients: the point the
+    step starts from (extragradient's look-ahead and Nesterov's no-grad restart test re-evaluate
+    the same closure elsewhere)."""
+    if torch.is_grad_enabled() and not last:
+        last.update(info)
+
+
 def explained_variance(values: np.ndarray, returns: np.ndarray) -> float:
     """1 - Var(R - V) / Var(R); NaN when the returns are constant."""
     var = np.var(returns)
@@ -98,6 +106,11 @@ class PPO(Algorithm):
         adv, ret = compute_gae(rewards, values, next_values, buffer.terminated, buffer.dones,
                                a.gamma, a.gae_lambda)
         return make_batch(buffer, adv, ret, values)
+
+    @property
+    def restart_window(self) -> int:
+        """Nesterov's restart is tested once per epoch (see `Algorithm._restart_test`)."""
+        return self.cfg.algo.num_minibatches
 
     def minibatches(self, n: int) -> list[Tensor]:
         """A fresh shuffle of range(n) split into `num_minibatches` index tensors."""
@@ -141,8 +154,7 @@ class PPO(Algorithm):
 
                 def loss_fn(idx: Tensor = idx, last: dict[str, Tensor] = last) -> Tensor:
                     loss, info = self.minibatch_loss(batch, idx)
-                    last.clear()
-                    last.update(info)  # diagnostics of the latest evaluation
+                    record_first_gradient_eval(last, info)
                     return loss
 
                 self._optimizer_step(self._clipped_closure(loss_fn))

@@ -17,7 +17,13 @@ import torch
 from torch import Tensor
 
 from mfpg_robot.algos.base import Algorithm
-from mfpg_robot.algos.ppo import Batch, explained_variance, make_batch, normalize_advantages
+from mfpg_robot.algos.ppo import (
+    Batch,
+    explained_variance,
+    make_batch,
+    normalize_advantages,
+    record_first_gradient_eval,
+)
 from mfpg_robot.buffer import RolloutBuffer
 from mfpg_robot.config import TrainConfig
 from mfpg_robot.gae import compute_gae
@@ -68,8 +74,7 @@ class Reinforce(Algorithm):
 
             def loss_fn(last: dict[str, Tensor] = last) -> Tensor:
                 loss, info = self.batch_loss(batch)
-                last.clear()
-                last.update(info)
+                record_first_gradient_eval(last, info)
                 return loss
 
             self._optimizer_step(self._clipped_closure(loss_fn))
