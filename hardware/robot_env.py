@@ -7,8 +7,9 @@
 
 Same observation and action spaces, and the same `Task` reward, as the simulated env of the
 task. Per step: the action passes the `SafetyLayer`, the command is sent at once, the loop
-waits for the period's absolute deadline (`Scheduler`), the state is read and checked, the
-reward is computed from the measured state and the action actually sent.
+waits for the period's absolute deadline (`Scheduler`), the state is read (with the command's
+acknowledgement: `RobotDriver.submit_command`) and checked, the reward is computed from the
+measured state and the action actually sent.
 `info["action_sent"]` (normalised) and `info["command_sent"]` (physical) are what reached the
 driver, `info["safety"]` what each stage clipped and any stop, `info["timing"]` the period.
 
@@ -16,16 +17,21 @@ A safety stop (hard limit, stale state, over-temperature, device fault, missed d
 invalid action, driver error) is carried out at once (torque off, or hold for servos), ends
 the episode (`terminated=True`) and latches: `step()` raises `SafetyStopError` until `reset()`
 acknowledges it. At the end of an episode the robot idles: torque off for voltage/torque
-robots, a hold command for position servos (the device watchdog turns torque off if the host
-does not return in `serial.watchdog_ms`; reset clears that WATCHDOG fault). Ctrl+C
+robots; position servos hold their pose, and a background `KeepAlive` re-sends the hold (and
+reads and checks the state) every `serial.watchdog_ms / 4` until the next `reset()` or
+`close()`, so that the device watchdog does not cut torque and let the arm fall. A problem
+found while idling (a safety check, a driver error) ends the keep-alive and carries out the
+stop (torque off, or one last hold that the watchdog ends). After a latched stop there is no
+keep-alive: a "hold" stop holds until the device watchdog turns torque off. Ctrl+C
 (KeyboardInterrupt) in `reset()` or `step()` turns torque off, records an event, re-raises;
 one that lands elsewhere (e.g. in the policy) and ends the program is caught by an `atexit`
 hook that turns torque off too.
 
-`realtime=False` (for `MockDriver`, whose clock is simulated) never sleeps. Deadlines always
-use `time.monotonic`; the age of a state is measured with the clock the driver stamps
-`host_time_s` with: `driver.clock` where the driver has one (`MockDriver`), else
-`time.monotonic` (the `RobotDriver` contract).
+`realtime=False` (for `MockDriver`, whose clock is simulated) never sleeps and has no
+keep-alive (no device time passes between calls). Deadlines always use `time.monotonic`; the
+age of a state is measured with the clock the driver stamps `host_time_s` with:
+`driver.clock` where the driver has one (`MockDriver`), else `time.monotonic` (the
+`RobotDriver` contract).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from gymnasium.envs.registration import EnvSpec
 
 from hardware.driver import DeviceState, RobotDriver, RobotError, RobotFaultError
 from hardware.homing import ResetError, ResetProcedure
+from hardware.keepalive import KeepAlive
 from hardware.safety import SafetyEvent, SafetyLayer, SafetyStopError, torque_off
 from hardware.scheduler import Scheduler, Tick, TimingStats
 from sim.actuation import command_to_action
@@ -118,6 +125,7 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         self._task_state: TaskState = {}
         self._steps = 0
         self._active = False  # an episode is running (torque on, commands expected)
+        self._keepalive: KeepAlive | None = None  # holding servos between episodes
         self._exit_hook = functools.partial(_torque_off_at_exit, weakref.ref(self))
         atexit.register(self._exit_hook)
 
@@ -164,7 +172,8 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
             raise
 
     def close(self) -> None:
-        """Torque off and release the driver."""
+        """Stop any keep-alive, torque off and release the driver."""
+        self._stop_keepalive()
         self._active = False
         atexit.unregister(self._exit_hook)
         self.driver.close()
@@ -175,6 +184,7 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
 
         Raises `SafetyStopError` if the period trips a stop (the stop is carried out first).
         """
+        self._stop_keepalive()
         result = self.safety.filter_command(command, self._require_state())
         if result.command is None:
             self.safety.execute_stop(self.driver, self._state)
@@ -222,6 +232,7 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         self._active = False
 
     def _reset(self) -> tuple[np.ndarray, dict[str, Any]]:
+        self._stop_keepalive()
         self._active = False
         self.safety.reset_safety()
         if not self.driver.connected:
@@ -310,10 +321,35 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
                 command = self.safety.filter_command(self.safety.idle_command(state), state)
                 self.driver.send_command(command.command)
                 self.safety.commit(command.command)
+                if self.scheduler.realtime:
+                    self._start_keepalive(command.command)
             else:
                 self.driver.disable()
         except RobotError:
             torque_off(self.driver)
+
+    def _start_keepalive(self, hold: np.ndarray) -> None:
+        period_s = self.robot.serial.watchdog_ms / 4000.0
+        name = f"{self.robot.name}-hold-keepalive"
+        self._keepalive = KeepAlive(lambda: self._hold_beat(hold), period_s, name).start()
+
+    def _stop_keepalive(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.stop()
+            self._keepalive = None
+
+    def _hold_beat(self, hold: np.ndarray) -> bool:
+        """One keep-alive beat: re-send the hold, read and check the state; False ends it."""
+        try:
+            self.driver.send_command(hold)
+            state = self.driver.read_state()
+        except RobotError as err:
+            self._trip_on_error(err)
+            return False
+        if self.safety.check_state(state, self.host_clock()) is not None:
+            self.safety.execute_stop(self.driver, state)
+            return False
+        return True
 
     def _interrupt(self, where: str) -> None:
         self._active = False
@@ -331,7 +367,10 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
 def _torque_off_at_exit(env_ref: weakref.ref[RobotEnv]) -> None:
     """Interpreter exit (e.g. an uncaught Ctrl+C outside step): torque off if still on."""
     env = env_ref()
-    if env is None or not env.driver.connected:
+    if env is None:
+        return
+    env._stop_keepalive()
+    if not env.driver.connected:
         return
     if env._active:
         env.safety.latch("interrupt", "program exited during an episode: torque off")

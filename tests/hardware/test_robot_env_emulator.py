@@ -12,12 +12,15 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
+import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from hardware.robot_env import make_robot_env
+from hardware.driver import DeviceState
+from hardware.robot_env import RobotEnv, make_robot_env
 from hardware.serial_driver import SerialDriver
 from sim.robot_config import RobotConfig, load_robot_config
 
@@ -46,6 +49,7 @@ def test_check_env_passes_against_the_emulator(name: str, emulator_factory) -> N
         env = make_robot_env(robot, drv)
         check_env(env)
         obs, info = env.reset(seed=0)
+        env.action_space.seed(0)  # the same random actions every run
         for _ in range(25):
             obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
             assert not terminated, info["safety"]
@@ -54,11 +58,70 @@ def test_check_env_passes_against_the_emulator(name: str, emulator_factory) -> N
     assert not drv.connected
 
 
+class RecordingSerialDriver(SerialDriver):
+    """SerialDriver that keeps every state it reads (the keep-alive's included)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.states: list[DeviceState] = []
+
+    def read_state(self) -> DeviceState:
+        state = super().read_state()
+        self.states.append(state)
+        return state
+
+
+def _episode_then_pause(env: RobotEnv, pause_s: float) -> np.ndarray:
+    """Run an arm2 episode to its horizon, away from upright, then idle for `pause_s`.
+
+    Returns the joint positions at the end of the episode."""
+    env.reset(seed=0)
+    for _ in range(env.max_episode_steps):
+        *_, terminated, truncated, info = env.step(np.array([0.3, 0.3]))
+        assert not terminated, info["safety"]
+    assert truncated
+    time.sleep(pause_s)
+    return info["state"].arrays(env.joint_names)[0]
+
+
+def test_arm2_keeps_holding_between_episodes(emulator_factory) -> None:
+    emulator = emulator_factory("arm2")
+    robot = quick("arm2")
+    pause_s = 4 * robot.serial.watchdog_ms / 1000  # well past the device watchdog
+    with RecordingSerialDriver(robot, port=emulator.port) as drv:
+        env = make_robot_env(robot, drv, max_episode_steps=30)
+        q_end = _episode_then_pause(env, pause_s)
+        idle = [s for s in drv.states if s.host_time_s > time.monotonic() - pause_s]
+        assert len(idle) >= 4  # the keep-alive fed the device and watched it
+        last = drv.states[-1]
+        assert last.enabled and last.faults == (), "the watchdog cut torque while idle"
+        np.testing.assert_allclose(last.positions, q_end, atol=0.05)  # still held up
+        env.reset(seed=1)
+        assert "faults_cleared" not in [e.kind for e in env.safety_events]
+        env.close()
+        assert not any(t.name == "arm2-hold-keepalive" for t in threading.enumerate())
+        drv.connect()
+        assert not drv.read_state().enabled  # close() turned torque off
+
+
+def test_without_keepalive_arm2_falls_after_the_watchdog(emulator_factory) -> None:
+    emulator = emulator_factory("arm2")
+    robot = quick("arm2")
+    pause_s = 4 * robot.serial.watchdog_ms / 1000
+    with SerialDriver(robot, port=emulator.port) as drv:
+        # realtime=False: no deadlines and no keep-alive (meant for simulated clocks)
+        env = make_robot_env(robot, drv, max_episode_steps=30, realtime=False)
+        q_end = _episode_then_pause(env, pause_s)
+        state = drv.read_state()
+        assert "WATCHDOG" in state.faults and not state.enabled
+        assert np.max(np.abs(state.positions - q_end)) > 0.1  # it fell
+
+
 CHILD_SERIAL = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from hardware.robot_env import make_robot_env
+    from hardware.robot_env import RobotEnv, make_robot_env
     from hardware.serial_driver import SerialDriver
     from sim.robot_config import load_robot_config
 
