@@ -35,15 +35,17 @@ from mfpg_robot.pg_variance import (
     mf_trial,
     oracle_coef,
     simulate_hf_buffer,
+    vector_moments,
     zero_value,
 )
 from mfpg_robot.policy import GaussianPolicy
 from sim.batched import BatchedCollector
 
 ENV = "mfpg/FurutaSwingup-v0"
-#: c rules compared: EMA of per-sample scalar-surrogate moments (the algorithms' rule), of
-#: gradient-projection moments, of block-sum moments, and the in-hindsight best single c.
-C_RULES = ("ema_f", "ema_grad", "ema_block", "oracle")
+#: c rules compared, each from moments smoothed over earlier batches: per-sample scalar
+#: surrogates (the paper's), per-sample gradient projections, block sums of the scalar
+#: surrogates, whole batch gradients (<g_hf, delta> / |delta|^2); and the in-hindsight best c.
+C_RULES = ("ema_f", "ema_grad", "ema_block", "ema_vec", "oracle")
 
 
 def parse_args() -> argparse.Namespace:
@@ -95,11 +97,13 @@ def summarise(trials: list[TrialEstimate], g_ref: np.ndarray, ema: float) -> dic
 
     c_f, c_g = ema_coefs("moments"), ema_coefs("grad_moments")
     c_b = ema_coefs("block_moments", min_pairs=2)
+    tracker = CoefEMA(ema=ema, min_pairs=2)  # moments of whole gradient vectors
+    c_v = [tracker.coef_for(vector_moments(t)) for t in trials]
     c_o = oracle_coef(trials, g_ref)
     out: dict[str, float] = {
         "mean_abs_z_hf": float(np.mean(np.abs(g_hf.mean(0) - g_ref) / np.maximum(se_hf, 1e-30)))
     }
-    for name, cs in zip(C_RULES, (c_f, c_g, c_b, [c_o] * len(trials)), strict=True):
+    for name, cs in zip(C_RULES, (c_f, c_g, c_b, c_v, [c_o] * len(trials)), strict=True):
         mse, var, z = ratios(cs)
         out |= {f"mse_ratio_{name}": mse, f"var_ratio_{name}": var, f"c_{name}": float(np.mean(cs)),
                 f"mean_abs_z_{name}": z}
@@ -107,6 +111,33 @@ def summarise(trials: list[TrialEstimate], g_ref: np.ndarray, ema: float) -> dic
     out |= {"rho_f": rho, "pred_1_minus_rho2": 1 - rho**2,
             "rho_grad": float(np.mean([t.grad_moments.rho for t in trials]))}
     return out
+
+
+def combined(
+    trials_a: list[TrialEstimate], trials_b: list[TrialEstimate], g_ref: np.ndarray, ema: float
+) -> dict[str, float]:
+    """Both corrections at once, g_hf - c1 delta_a - c2 delta_b, on the same HF batches.
+
+    c solves E[delta delta^T] c = E[delta g_hf] (2x2, whole-gradient moments smoothed over
+    earlier batches; the first batch uses its own); also the in-hindsight best pair.
+    """
+    g_hf = np.stack([t.g_hf for t in trials_a])
+    deltas = np.stack([[a.delta, b.delta] for a, b in zip(trials_a, trials_b, strict=True)])
+    mse_hf = float(np.mean(np.sum((g_hf - g_ref) ** 2, axis=1)))
+    gram = np.einsum("tid,tjd->tij", deltas, deltas)
+    cross = np.einsum("tid,td->ti", deltas, g_hf)
+    a_ema, b_ema, cs = None, None, []
+    for t in range(len(trials_a)):
+        a_use, b_use = (gram[t], cross[t]) if a_ema is None else (a_ema, b_ema)
+        cs.append(np.linalg.lstsq(a_use, b_use, rcond=None)[0])
+        a_ema = gram[t] if a_ema is None else ema * a_ema + (1 - ema) * gram[t]
+        b_ema = cross[t] if b_ema is None else ema * b_ema + (1 - ema) * cross[t]
+    g = g_hf - np.einsum("ti,tid->td", np.array(cs), deltas)
+    c_o = np.linalg.lstsq(gram.sum(0), np.einsum("tid,td->i", deltas, g_hf - g_ref), rcond=None)[0]
+    g_o = g_hf - np.einsum("i,tid->td", c_o, deltas)
+    return {"mse_ratio_ema_vec": float(np.mean(np.sum((g - g_ref) ** 2, axis=1))) / mse_hf,
+            "mse_ratio_oracle": float(np.mean(np.sum((g_o - g_ref) ** 2, axis=1))) / mse_hf,
+            "c_oracle": c_o.tolist()}
 
 
 def main() -> None:
@@ -137,15 +168,19 @@ def main() -> None:
         k, m = (int(x) for x in spec.split("x"))
         variants[f"synced k={k} M={m}"] = SyncedPairing(lfc, k, m, args.gamma, args.gae_lambda)
     if not args.no_episode:
-        variants[f"episode pool={args.pool}"] = EpisodePairing(
-            lfc, args.pool, args.horizon, args.gamma, args.gae_lambda, whole_episodes=True)
+        for same in (False, True):
+            variants[f"episode pool={args.pool}" + (" same-start" if same else "")] = (
+                EpisodePairing(lfc, args.pool, args.horizon, args.gamma, args.gae_lambda,
+                               whole_episodes=True, same_starts=same))
     batches = [simulate_hf_buffer(hfc, policy, args.episodes, args.horizon, rng)
                for _ in range(args.trials)]
     hf_steps = sum(len(b) for b in batches)
-    results = {}
+    results: dict[str, dict] = {}
+    all_trials: dict[str, list[TrialEstimate]] = {}
     for name, pairing in variants.items():
         t1 = time.perf_counter()
-        trials, lf_steps = [], 0
+        trials: list[TrialEstimate] = []
+        lf_steps = 0
         gen = torch.Generator().manual_seed(args.seed)
         for buf in batches:
             lf = pairing.collect(buf, policy, lf_v, lambda r: r, rng)
@@ -156,6 +191,7 @@ def main() -> None:
         res = summarise(trials, g_ref, args.ema)
         res |= {"lf_steps_per_hf_step": lf_steps / hf_steps, "time_s": time.perf_counter() - t1}
         results[name] = res
+        all_trials[name] = trials
         mse = "  ".join(f"{c} {res['mse_ratio_' + c]:.3f}" for c in C_RULES)
         coefs = "/".join(f"{res['c_' + c]:.3g}" for c in C_RULES)
         print(f"{name:22s} MSE ratio [{mse}] | var ratio (ema_f) {res['var_ratio_ema_f']:.3f}"
@@ -163,6 +199,14 @@ def main() -> None:
               f"rho_grad {res['rho_grad']:.3f} | c {coefs} | mean |bias|/se "
               f"{res['mean_abs_z_ema_f']:.2f} (HF-only {res['mean_abs_z_hf']:.2f}) | "
               f"LF/HF {res['lf_steps_per_hf_step']:.0f} | {res['time_s']:.0f} s", flush=True)
+    synced = [n for n in all_trials if n.startswith("synced")]
+    episode = [n for n in all_trials if n.startswith("episode")]
+    for s_name in synced[:1]:
+        for e_name in episode[:1]:
+            res = combined(all_trials[e_name], all_trials[s_name], g_ref, args.ema)
+            results[f"{e_name} + {s_name}"] = res
+            print(f"{e_name} + {s_name}: MSE ratio [ema_vec {res['mse_ratio_ema_vec']:.3f}  "
+                  f"oracle {res['mse_ratio_oracle']:.3f}]", flush=True)
     if args.json:
         payload = {
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -14,7 +14,7 @@ distribution (the pairing's job), so `L` and its gradient are unbiased for any `
 not depend on the current batch. Its variance is smallest at `c* = Cov(f_H, f_P) / Var(f_P)`,
 where (with an exact reference mean) it falls to `(1 - rho^2)` times the HF-only variance.
 
-`c` is estimated from the paired samples and smoothed over iterations (`CoefEMA`). The value
+`c` is estimated from pair moments smoothed over iterations (`CoefEMA`). The value
 used for a batch comes from earlier batches only, so it is a constant given the past and the
 estimate stays exactly unbiased; only the very first batch, with no history, uses its own
 estimate (a bias of order 1/N, once).
@@ -72,11 +72,13 @@ def pair_moments(f_h: ArrayLike, f_l: ArrayLike) -> PairMoments:
 
 
 class CoefEMA:
-    """Exponentially smoothed control-variate coefficient.
+    """Control-variate coefficient from exponentially smoothed pair moments.
 
-    `value` is the `c` to apply to the next batch. `update(m)` folds in a batch's estimate:
-    `c_hat = Cov/Var` when the batch's correlation is positive, else 0 (a negatively
-    correlated LF side is not trusted); batches with fewer than `min_pairs` pairs are ignored.
+    `update(m)` folds a batch's moments (Cov, Var_H, Var_L) into their EMAs; batches with
+    fewer than `min_pairs` pairs are ignored. `value = Cov_ema / Var_L_ema`, or 0 when the
+    smoothed correlation is not positive (a negatively correlated LF side is not trusted).
+    Smoothing the moments rather than the ratio keeps one noisy batch (a small Var_L) from
+    throwing c far off.
     """
 
     def __init__(self, ema: float = 0.95, min_pairs: int = 20) -> None:
@@ -86,27 +88,36 @@ class CoefEMA:
             raise ValueError(f"min_pairs must be >= 2 (a covariance needs 2), got {min_pairs}")
         self.ema = ema
         self.min_pairs = min_pairs
-        self._c: float | None = None
+        self._m: np.ndarray | None = None  # smoothed (cov, var_h, var_l)
+
+    @staticmethod
+    def _coef(cov: float, var_l: float) -> float:
+        return cov / var_l if cov > 0 and var_l > 0 else 0.0
 
     @property
     def value(self) -> float:
-        return 0.0 if self._c is None else self._c
+        return 0.0 if self._m is None else self._coef(self._m[0], self._m[2])
+
+    @property
+    def rho(self) -> float:
+        """Correlation of the smoothed moments (0 before the first batch)."""
+        if self._m is None:
+            return 0.0
+        return PairMoments(self.min_pairs, *self._m).rho
 
     @property
     def initialised(self) -> bool:
-        return self._c is not None
+        return self._m is not None
 
     def batch_coef(self, m: PairMoments) -> float | None:
         """This batch's own estimate, or None when it has too few pairs."""
-        if m.n < self.min_pairs:
-            return None
-        return max(m.c_opt, 0.0) if m.rho > 0 else 0.0
+        return None if m.n < self.min_pairs else self._coef(m.cov, m.var_l)
 
     def update(self, m: PairMoments) -> float:
         """Fold in a batch; return the new smoothed value."""
-        c_hat = self.batch_coef(m)
-        if c_hat is not None:
-            self._c = c_hat if self._c is None else self.ema * self._c + (1 - self.ema) * c_hat
+        if m.n >= self.min_pairs:
+            new = np.array([m.cov, m.var_h, m.var_l])
+            self._m = new if self._m is None else self.ema * self._m + (1 - self.ema) * new
         return self.value
 
     def coef_for(self, m: PairMoments) -> float:
@@ -121,11 +132,12 @@ class CoefEMA:
         self.update(m)
         return c
 
-    def state_dict(self) -> dict[str, float | None]:
-        return {"c": self._c}
+    def state_dict(self) -> dict[str, list[float] | None]:
+        return {"moments": None if self._m is None else self._m.tolist()}
 
-    def load_state_dict(self, state: dict[str, float | None]) -> None:
-        self._c = None if state.get("c") is None else float(state["c"])
+    def load_state_dict(self, state: dict[str, list[float] | None]) -> None:
+        m = state.get("moments")
+        self._m = None if m is None else np.asarray(m, dtype=np.float64)
 
 
 def mf_objective(

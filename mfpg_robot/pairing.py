@@ -243,6 +243,11 @@ class SyncedPairing:
 class EpisodePairing:
     """LF episodes from the HF episode starts with the HF noise, plus an independent pool.
 
+    `same_starts=True` (ours): the reference episodes start from the paired episode's own
+    start state instead of a start distribution. The correction is then zero-mean given the
+    starts, whatever their distribution (on a robot, the reset procedure's distribution is
+    not the simulator's); the start-state part of the variance is no longer shared.
+
     `whole_episodes=True` is for buffers made of complete episodes (benchmarks, where the
     buffer's length is the sum of the episode lengths): every LF episode then gets the full
     time limit. With the default, a trainer's fixed-length rollout, the horizon is the rows
@@ -253,8 +258,10 @@ class EpisodePairing:
     def __init__(
         self, collector: BatchedCollector, pool_per_hf: int, max_episode_steps: int,
         gamma: float, gae_lambda: float, pool_starts: StartSampler | None = None,
-        whole_episodes: bool = False,
+        whole_episodes: bool = False, same_starts: bool = False,
     ) -> None:
+        if same_starts and pool_starts is not None:
+            raise ValueError("give pool_starts or same_starts=True, not both")
         if pool_per_hf < 1 or max_episode_steps < 1:
             raise ValueError(
                 f"episode pairing needs pool_per_hf >= 1 and max_episode_steps >= 1, got "
@@ -265,6 +272,7 @@ class EpisodePairing:
         self.gamma, self.gae_lambda = gamma, gae_lambda
         self.pool_starts = pool_starts or collector.sample_starts
         self.whole_episodes = whole_episodes
+        self.same_starts = same_starts
 
     def collect(
         self, buffer: RolloutBuffer, policy: GaussianPolicy, value_fn: ValueFn,
@@ -300,15 +308,24 @@ class EpisodePairing:
         anchor = starts[rows] + t % hf_len[rows]
         paired = _part(out, eps, log_std, adv, ret, rows, t, anchor)
 
-        # pool: pool_per_hf LF episodes per paired one, same horizon, independent starts/noise
+        # pool: pool_per_hf LF episodes per paired one, same horizon, fresh noise; starts
+        # drawn from the start distribution, or (same_starts) the paired episode's own start
         pool_h = np.repeat(horizon, self.pool_per_hf)
-        pq, pv, ptask = self.pool_starts(pool_h.size, rng)
+        if self.same_starts:
+            own = np.repeat(np.arange(starts.size), self.pool_per_hf)
+            pq, pv, ptask = q[own], v[own], {k: val[own] for k, val in task.items()}
+        else:
+            pq, pv, ptask = self.pool_starts(pool_h.size, rng)
         peps = rng.standard_normal((pool_h.size, h_max, act_dim))
         pout = _run_chunked(self.collector, policy, pq, pv, ptask, peps)
         pvalid = pout.alive[:, :h_max] & (steps < pool_h[:, None])
         padv, pret = _evaluate(pout, pvalid, value_fn, reward_fn, self.gamma, self.gae_lambda)
         prow, pt = np.nonzero(pvalid)
-        ref = _part(pout, peps, log_std, padv, pret, prow, pt, np.full(prow.size, -1))
+        ref_anchor = np.full(prow.size, -1)
+        if self.same_starts:  # grouped with the paired step at the same time of its episode
+            ep = own[prow]
+            ref_anchor = starts[ep] + pt % hf_len[ep]
+        ref = _part(pout, peps, log_std, padv, pret, prow, pt, ref_anchor)
         raw = np.where(valid, out.rewards[:, :h_max], 0.0)
         return LFSamples(
             mode="episode", paired=paired, partner=partner, ref=ref,

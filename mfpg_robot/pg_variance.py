@@ -32,7 +32,7 @@ from mfpg_robot.estimators import (
     random_directions,
 )
 from mfpg_robot.gae import compute_gae
-from mfpg_robot.pairing import LFSamples
+from mfpg_robot.pairing import LFSamples, StartSampler
 from mfpg_robot.policy import GaussianPolicy
 from sim.batched import BatchedCollector
 from sim.state import RobotState
@@ -47,15 +47,15 @@ def zero_value(obs: np.ndarray) -> np.ndarray:
 
 def simulate_hf_buffer(
     collector: BatchedCollector, policy: GaussianPolicy, n_episodes: int, horizon: int,
-    rng: np.random.Generator, with_states: bool = True,
+    rng: np.random.Generator, with_states: bool = True, start_sampler: StartSampler | None = None,
 ) -> RolloutBuffer:
     """`n_episodes` HF episodes of at most `horizon` steps, as consecutive buffer rows.
 
     Starts come from the env's start distribution, noise from `rng`; an episode cut by the
     horizon is marked truncated. `with_states=False` skips the per-row `RobotState`s (only
-    pairing needs them).
+    pairing needs them); `start_sampler` replaces the env's start distribution.
     """
-    q0, v0, task = collector.sample_starts(n_episodes, rng)
+    q0, v0, task = (start_sampler or collector.sample_starts)(n_episodes, rng)
     eps = rng.standard_normal((n_episodes, horizon, policy.act_dim))
     std = policy.std().detach().numpy().astype(np.float64)
 
@@ -187,6 +187,16 @@ def _per_sample_surrogate(
     policy: GaussianPolicy, obs: torch.Tensor, act: torch.Tensor, adv: torch.Tensor
 ) -> torch.Tensor:
     return adv * policy.log_prob(obs, act)
+
+
+def vector_moments(trial: TrialEstimate) -> PairMoments:
+    """Moments of the whole batch gradients: Cov = <g_hf, delta>, Var = |delta|^2.
+
+    Since E[delta] = 0, E<g_hf, delta> = tr Cov(g_hf, delta): smoothed over batches, their
+    ratio estimates the c minimising E|g_mf - g|^2 without a reference gradient.
+    """
+    return PairMoments(n=2, cov=float(trial.g_hf @ trial.delta),
+                       var_h=float(trial.g_hf @ trial.g_hf), var_l=float(trial.delta @ trial.delta))
 
 
 def oracle_coef(trials: list[TrialEstimate], g_ref: np.ndarray) -> float:

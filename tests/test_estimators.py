@@ -105,17 +105,19 @@ def test_coef_ema_rules() -> None:
     # first usable batch: its own estimate
     m1 = pair_moments(*draw(rng, 500, 0.9))
     assert tracker.coef_for(m1) == pytest.approx(m1.c_opt)
-    # later batches: the smoothed value from earlier batches, then folded in
+    # later batches: the value from earlier batches, then the moments are smoothed
     m2 = pair_moments(*draw(rng, 500, 0.9))
     assert tracker.coef_for(m2) == pytest.approx(m1.c_opt)
-    assert tracker.value == pytest.approx(0.5 * m1.c_opt + 0.5 * m2.c_opt)
-    # a negatively correlated batch pulls c towards 0
-    before = tracker.value
-    tracker.update(pair_moments(*draw(rng, 500, -0.9)))
-    assert tracker.value == pytest.approx(0.5 * before)
+    cov, var_l = 0.5 * (m1.cov + m2.cov), 0.5 * (m1.var_l + m2.var_l)
+    assert tracker.value == pytest.approx(cov / var_l)
+    assert tracker.rho == pytest.approx(0.9, abs=0.05)
+    # negatively correlated batches pull c to 0 (and it stays >= 0)
+    for _ in range(3):
+        tracker.update(pair_moments(*draw(rng, 500, -0.9)))
+    assert tracker.value == 0.0 and tracker.rho < 0
     restored = CoefEMA(ema=0.5, min_pairs=20)
     restored.load_state_dict(tracker.state_dict())
-    assert restored.value == tracker.value
+    assert restored.rho == tracker.rho
     with pytest.raises(ValueError, match="ema"):
         CoefEMA(ema=1.0)
 

@@ -156,8 +156,36 @@ def test_episode_pool_must_start_like_the_hf_episodes(policy, lf_collector) -> N
     assert abs(z["shifted"]) > 10
 
 
+def test_same_start_references_need_no_matching_start_distribution(policy, lf_collector):
+    """HF episodes from another start distribution than the LF env's: the default pool is
+    biased, references from each paired episode's own start are not."""
+    pool = EpisodePairing(lf_collector, 4, 60, GAMMA, 1.0, whole_episodes=True)
+    own = EpisodePairing(lf_collector, 4, 60, GAMMA, 1.0, whole_episodes=True,
+                         same_starts=True)
+    rng = np.random.default_rng(6)
+    corrections: dict[str, list[float]] = {"pool": [], "own": []}
+    with BatchedCollector(ENV, fidelity="twin", n_envs=16, nthread=1) as hf:
+        for _ in range(10):
+            buf = simulate_hf_buffer(hf, policy, 6, 60, rng,
+                                     start_sampler=_pendulum_sideways(hf))
+            for name, pairing in (("pool", pool), ("own", own)):
+                lf = pairing.collect(buf, policy, zero_value, identity, rng)
+                corrections[name].append(
+                    lf.paired.advantages.sum() - lf.ref.advantages.sum() / lf.ref_per_paired)
+            assert np.all(lf.ref.anchor >= 0)  # grouped with the paired steps
+            first = np.flatnonzero(buf.episode_start)
+            np.testing.assert_allclose(lf.ref.obs[lf.ref.anchor == first[0]][:4],
+                                       np.repeat(buf.obs[first[:1]], 4, axis=0), atol=1e-6)
+    z = {k: np.mean(v) / (np.std(v, ddof=1) / np.sqrt(len(v))) for k, v in corrections.items()}
+    assert abs(z["own"]) < 3
+    assert abs(z["pool"]) > 10
+
+
 def test_pairing_rejects_bad_settings(lf_collector) -> None:
     with pytest.raises(ValueError, match="k >= 1"):
         SyncedPairing(lf_collector, 0, 4, GAMMA, 0.95)
     with pytest.raises(ValueError, match="pool_per_hf"):
         EpisodePairing(lf_collector, 0, 100, GAMMA, 0.95)
+    with pytest.raises(ValueError, match="not both"):
+        EpisodePairing(lf_collector, 4, 100, GAMMA, 0.95, same_starts=True,
+                       pool_starts=lf_collector.sample_starts)
