@@ -6,7 +6,7 @@ Used as a context manager it connects on entry and ALWAYS disables torque and cl
 exit: on normal exit, on exceptions and on Ctrl+C (KeyboardInterrupt).
 
 Implementations: `SerialDriver` (the framed protocol over pyserial; the real robot and the
-device emulator) and `MockDriver` (in-process, backed by the `twin` model; for unit tests).
+device emulator) and `MockDriver` (the emulator's device model in-process; for unit tests).
 """
 
 from __future__ import annotations

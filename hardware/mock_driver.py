@@ -38,8 +38,6 @@ from hardware.driver import (
 )
 from hardware.protocol import (
     PROTOCOL_VERSION,
-    WATCHDOG_MAX_MS,
-    WATCHDOG_MIN_MS,
     ClearFault,
     Command,
     Disable,
@@ -54,9 +52,8 @@ from hardware.protocol import (
     SetWatchdog,
     decode_faults,
     next_seq,
-    robot_model_name,
 )
-from hardware.serial_driver import refusal_error
+from hardware.serial_driver import device_info, refusal_error, watchdog_request
 from sim.robot_config import RobotConfig, load_robot_config
 
 #: Fault names as the protocol's fault word decodes them (docs/protocol.md, `FaultFlag`).
@@ -108,14 +105,7 @@ class MockDriver(RobotDriver):
         assert isinstance(reply, HelloReply)
         self._handle(SetWatchdog(self.robot.serial.watchdog_ms))
         self._connected = True
-        return DeviceInfo(
-            protocol_version=reply.protocol_version,
-            model_id=reply.model_id,
-            model_name=robot_model_name(reply.model_id),
-            joint_count=reply.joint_count,
-            actuator_count=reply.actuator_count,
-            firmware_version=".".join(str(p) for p in reply.firmware_version),
-        )
+        return device_info(reply)
 
     @property
     def connected(self) -> bool:
@@ -179,12 +169,7 @@ class MockDriver(RobotDriver):
         self._handle(ClearFault())
 
     def set_watchdog(self, timeout_ms: int) -> None:
-        if not WATCHDOG_MIN_MS <= timeout_ms <= WATCHDOG_MAX_MS:
-            raise ValueError(
-                f"watchdog timeout must be {WATCHDOG_MIN_MS}..{WATCHDOG_MAX_MS} ms, "
-                f"got {timeout_ms}"
-            )
-        self._handle(SetWatchdog(int(timeout_ms)))
+        self._handle(watchdog_request(timeout_ms))
 
     def close(self) -> None:
         self._handle(Disable())

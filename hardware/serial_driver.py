@@ -91,6 +91,28 @@ def refusal_error(
     )
 
 
+def device_info(reply: HelloReply) -> DeviceInfo:
+    """What a HELLO_REPLY says about the device."""
+    return DeviceInfo(
+        protocol_version=reply.protocol_version,
+        model_id=reply.model_id,
+        model_name=robot_model_name(reply.model_id),
+        joint_count=reply.joint_count,
+        actuator_count=reply.actuator_count,
+        firmware_version=".".join(str(p) for p in reply.firmware_version),
+    )
+
+
+def watchdog_request(timeout_ms: int) -> SetWatchdog:
+    """SET_WATCHDOG for `timeout_ms`; `ValueError` naming the allowed range otherwise."""
+    try:
+        return SetWatchdog(timeout_ms)
+    except ValueError:  # ProtocolError
+        raise ValueError(
+            f"watchdog timeout must be {WATCHDOG_MIN_MS}..{WATCHDOG_MAX_MS} ms, got {timeout_ms!r}"
+        ) from None
+
+
 def describe_device(info: DeviceInfo | HelloReply) -> str:
     """'furuta (model id 1, 2 joints, 1 actuator, protocol 1)'."""
     name = robot_model_name(info.model_id)
@@ -153,14 +175,7 @@ class SerialDriver(RobotDriver):
                     f"it does not speak protocol version {PROTOCOL_VERSION}"
                 )
             self._check_identity(reply)
-            self.info = DeviceInfo(
-                protocol_version=reply.protocol_version,
-                model_id=reply.model_id,
-                model_name=robot_model_name(reply.model_id),
-                joint_count=reply.joint_count,
-                actuator_count=reply.actuator_count,
-                firmware_version=".".join(str(p) for p in reply.firmware_version),
-            )
+            self.info = device_info(reply)
             self._ack(SetWatchdog(self.robot.serial.watchdog_ms))
         except BaseException:
             self._transport.close()
@@ -197,12 +212,7 @@ class SerialDriver(RobotDriver):
         self._ack(ClearFault())
 
     def set_watchdog(self, timeout_ms: int) -> None:
-        if not WATCHDOG_MIN_MS <= timeout_ms <= WATCHDOG_MAX_MS:
-            raise ValueError(
-                f"watchdog timeout must be {WATCHDOG_MIN_MS}..{WATCHDOG_MAX_MS} ms, "
-                f"got {timeout_ms}"
-            )
-        self._ack(SetWatchdog(int(timeout_ms)))
+        self._ack(watchdog_request(timeout_ms))
 
     def close(self) -> None:
         """Disable torque (best effort, errors ignored) and close the port. Idempotent."""
@@ -304,22 +314,16 @@ class SerialDriver(RobotDriver):
                 f"us): the device restarted; reconnect and re-home"
             )
         self._last_stamp_us = reply.timestamp_us
-        n = self._n_joints
-        joints = np.array(reply.position + reply.velocity)  # one array, two views
+        # One np.array per field: one array sliced into views measured ~15% slower here
+        # (on these short tuples a slice costs about as much as the call it saves).
         current, temperature = reply.current, reply.temperature
-        if current is None or temperature is None:
-            currents = None if current is None else np.array(current)
-            temperatures = None if temperature is None else np.array(temperature)
-        else:
-            motors = np.array(current + temperature)
-            currents, temperatures = motors[: len(current)], motors[len(current) :]
         return DeviceState(
             device_time_s=reply.timestamp_us * 1e-6,
             host_time_s=host_time,
-            positions=joints[:n],
-            velocities=joints[n:],
-            currents=currents,
-            temperatures=temperatures,
+            positions=np.array(reply.position),
+            velocities=np.array(reply.velocity),
+            currents=None if current is None else np.array(current),
+            temperatures=None if temperature is None else np.array(temperature),
             enabled=reply.enabled,
             estopped=reply.estopped,
             faults=tuple(reply.fault_names),
