@@ -14,33 +14,18 @@ parsed mapping before validation, so they are checked exactly like the file.
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from sim.robot_config import ConfigError, StrictModel, validate_mapping
+from sim.robot_config import ConfigError, StrictModel, parse_yaml, read_yaml, validate_mapping
 
 ALGO_NAMES = ("ppo", "mfppo", "reinforce", "mfreinforce")
 ACCEL_NAMES = ("none", "optimistic", "extragradient", "nesterov", "meta")
 #: Top-level keys that mark a mapping as a train config (robot configs have none of them).
 TRAIN_CONFIG_KEYS = frozenset({"seed", "algo", "hf", "lf", "mf", "run"})
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads exponent floats without a dot (`3e-4`) as floats.
-
-    PyYAML follows YAML 1.1, which reads `3e-4` as a string; YAML 1.2 and users read a number.
-    """
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
-
 
 class AlgoConfig(StrictModel):
     """The algorithm and its hyper-parameters (CleanRL ppo_continuous_action defaults)."""
@@ -203,7 +188,7 @@ class TrainConfig(StrictModel):
 def parse_value(text: str) -> Any:
     """An override value as YAML would read it (`1e-4` is a float, `null` is None)."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 (SafeLoader subclass)
+        return parse_yaml(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"override value {text!r} is not valid YAML: {err}") from None
 
@@ -235,21 +220,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return out
 
 
-def read_train_yaml(path: str | Path) -> Any:
-    """Parse a YAML file (exponent floats as floats), I/O and syntax errors as `ConfigError`."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 (SafeLoader subclass)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-
-
 def is_train_mapping(data: Any) -> bool:
     """True if a parsed YAML mapping looks like a train config (by its top-level keys)."""
     return isinstance(data, dict) and bool(TRAIN_CONFIG_KEYS & set(data))
@@ -264,7 +234,7 @@ def load_train_config(
     path: str | Path, overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainConfig:
     """Load `configs/train/NAME.yaml` (a path) with optional `a.b=c` overrides."""
-    data = read_train_yaml(path)
+    data = read_yaml(path)
     source = str(path)
     if overrides:
         if not isinstance(data, dict):

@@ -12,6 +12,7 @@ out-of-range value raises `ConfigError` naming the file, the key path and what i
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -24,6 +25,25 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 FIDELITIES = ("twin", "reduced", "reduced_gap")
 Fidelity = Literal["twin", "reduced", "reduced_gap"]
+
+
+class YamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads exponent floats without a dot (`3e-4`) as floats.
+
+    PyYAML follows YAML 1.1, which reads `3e-4` as a string; YAML 1.2 and users read a number.
+    """
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text with `YamlLoader` (safe; exponent floats are numbers)."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 (SafeLoader subclass)
 
 
 class ConfigError(ValueError):
@@ -318,7 +338,7 @@ def read_yaml(path: str | Path) -> Any:
     except OSError as err:
         raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
     try:
-        return yaml.safe_load(text)
+        return parse_yaml(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from sim.robot_config import ConfigError, load_robot_config
+from sim.robot_config import ConfigError, load_robot_config, read_yaml
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,10 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _resolved(file: str) -> dict:
-    from mfpg_robot.config import is_train_mapping, load_train_config, read_train_yaml
+    from mfpg_robot.config import is_train_mapping, load_train_config
 
     path = Path(file)
-    if path.is_file() and is_train_mapping(read_train_yaml(path)):
+    if path.is_file() and is_train_mapping(read_yaml(path)):
         return load_train_config(path).to_dict()
     return load_robot_config(file).model_dump(mode="json")
 
