@@ -6,7 +6,10 @@ Per iteration, on one HF rollout:
    their advantages from GAE with the LF critic;
 3. advantages normalised over the iteration (HF by HF statistics; LF paired and reference
    together by one LF mean/std) if `norm_adv`;
-4. `c` from the epoch-0 pairs (ratio 1, so f = A) through the EMA tracker;
+4. `c` from the epoch-0 pairs through the EMA tracker, on the values A log pi at the sampling
+   policy: their gradient is the clipped surrogate's gradient at ratio 1, A grad log pi. (The
+   clipped term's own value there, A, drops the score factor that paired samples share, and
+   its pair moments understate how the gradients correlate.);
 5. `update_epochs` passes, each over `num_minibatches` minibatches, each one optimiser step on
    -[mean_mb(f_H) - c (sum_mb(f_P) - sum_mb(f_R) / ref_per_paired) / n_mb]
    + vf_coef * HF value loss - ent_coef * entropy, with f the per-sample clipped surrogate of
@@ -138,7 +141,9 @@ class MFPPO(PPO):
         adv_np = normalise(adv_np, adv_np) if a.norm_adv else adv_np
         adv_h = torch.as_tensor(adv_np, dtype=torch.float32)
         adv_p, adv_r = lf_advantages(lf, a.norm_adv)
-        c, rho, c_batch = self.lf.coefficient(adv_np, adv_p, adv_r, lf)
+        c, rho, c_batch = self.lf.coefficient(adv_np * buffer.logprobs,
+                                              adv_p * lf.paired.logprobs,
+                                              adv_r * lf.ref.logprobs, lf)
         grad = self.lf.gradient_stats(surrogate_at_old, (batch.obs, batch.actions, adv_h), lf,
                                       (adv_p, adv_r), c)
         paired, ref = LFTensors(lf.paired, adv_p), LFTensors(lf.ref, adv_r)
