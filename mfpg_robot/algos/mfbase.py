@@ -20,17 +20,22 @@ starts. Design choices (each keeps the HF/LF correlation or the estimate unbiase
 - `c` is estimated once per iteration from on-policy (epoch-0) values, where the pair
   moments describe the samples, and applied from the EMA of earlier iterations (the current
   batch never sets its own c; see `mfpg_robot.estimators`).
+- Diagnostics `mf/var_ratio_grad` and `mf/c_grad` come from per-sample gradient projections
+  on random directions and, like `1 - rho^2`, treat samples as independent: on long episodes
+  they over-predict what the batch gradient gains (docs/mfpg.md).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
+from mfpg_robot.buffer import RolloutBuffer
 from mfpg_robot.config import TrainConfig
 from mfpg_robot.estimators import (
     CoefEMA,
@@ -117,7 +122,7 @@ class LFSide:
     def scale_rewards(self, rewards: np.ndarray) -> np.ndarray:
         return rewards if self.reward_scaler is None else self.reward_scaler.scale(rewards)
 
-    def collect(self, buffer: Any) -> LFSamples:
+    def collect(self, buffer: RolloutBuffer) -> LFSamples:
         """The LF samples paired with this HF rollout (advantages from the LF critic)."""
         return self.pairing.collect(buffer, self.policy, self.value, self.scale_rewards, self.rng)
 
@@ -132,7 +137,8 @@ class LFSide:
         return self.coef.coef_for(m), m.rho, (np.nan if c_batch is None else c_batch)
 
     def gradient_stats(
-        self, per_sample_fn: Any, hf: tuple[torch.Tensor, ...], lf: LFSamples,
+        self, per_sample_fn: Callable[..., torch.Tensor], hf: tuple[torch.Tensor, ...],
+        lf: LFSamples,
         lf_adv: tuple[np.ndarray, np.ndarray], c: float,
     ) -> tuple[float, float]:
         """Measured per-sample variance ratio of the projected gradient and its best c."""
