@@ -123,6 +123,12 @@ class LFConfig(StrictModel):
     lf_pool_per_hf: int = Field(
         default=90, ge=1, description="LF reference steps per HF step (episode pairing's pool)"
     )
+    same_starts: bool = Field(
+        default=False,
+        description="episode: reference episodes start from each paired episode's own start "
+        "(unbiased for any start distribution, e.g. a real robot's reset) instead of a pool "
+        "drawn from the simulator's start distribution",
+    )
     nthread: int = Field(default=2, ge=1, le=256, description="threads of the batched LF stepper")
 
 

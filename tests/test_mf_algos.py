@@ -129,13 +129,13 @@ def test_minibatches_keep_each_hf_row_with_its_lf_samples(pooled: bool) -> None:
     assert sorted(seen_r) == list(range(r_anchor.size))
 
 
-def tiny_config(algo: str, pairing: str, run_dir, seed: int = 3) -> TrainConfig:
+def tiny_config(algo: str, pairing: str, run_dir, seed: int = 3, **lf) -> TrainConfig:
     return validate_train_config({
         "seed": seed,
         "algo": {"name": algo, "num_minibatches": 4, "update_epochs": 2},
         "hf": {"env": SHORT_ENV, "fidelity": "twin", "steps_per_iter": 200, "total_steps": 400},
         "lf": {"env": ENV, "fidelity": "reduced", "pairing": pairing, "k": 8, "M": 4,
-               "lf_pool_per_hf": 4, "nthread": 1},
+               "lf_pool_per_hf": 4, "nthread": 1, **lf},
         "run": {"dir": str(run_dir), "progress": False, "checkpoint_every": 0},
     }, "test")
 
@@ -144,9 +144,14 @@ LOGGED = ("mf/rho", "mf/c", "mf/var_reduction_pred", "mf/var_ratio_grad", "retur
           "lf/return_mean", "hf/samples", "lf/samples", "lf/steps")
 
 
-@pytest.mark.parametrize("pairing", ["synced", "episode"])
-def test_mfppo_trains_and_logs_positive_correlation(tmp_path, pairing: str) -> None:
-    result = train(tiny_config("mfppo", pairing, tmp_path / "run"))
+@pytest.mark.parametrize(("pairing", "same_starts"),
+                         [("synced", False), ("episode", False), ("episode", True)])
+def test_mfppo_trains_and_logs_positive_correlation(tmp_path, pairing: str,
+                                                    same_starts: bool) -> None:
+    cfg = tiny_config("mfppo", pairing, tmp_path / "run", same_starts=same_starts)
+    result = train(cfg)
+    if pairing == "episode":
+        assert result.algorithm.lf.pairing.same_starts is same_starts
     rows = result.history
     assert len(rows) == 2
     for row in rows:

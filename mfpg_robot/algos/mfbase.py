@@ -101,7 +101,8 @@ class LFSide:
             self.pairing = SyncedPairing(self.collector, lf.k, lf.M, a.gamma, gae_lambda)
         else:
             self.pairing = EpisodePairing(self.collector, lf.lf_pool_per_hf,
-                                          hf_time_limit(cfg.hf.env), a.gamma, gae_lambda)
+                                          hf_time_limit(cfg.hf.env), a.gamma, gae_lambda,
+                                          same_starts=lf.same_starts)
         self.critic = copy.deepcopy(hf_critic)
         self.critic.obs_norm = policy.obs_norm  # shared, not a copy
         self.critic_opt = torch.optim.Adam(self.critic.v.parameters(), lr=a.lr, eps=1e-5)
