@@ -1,7 +1,7 @@
 """`mfpg-robot run-default`: the main job on the embedded default (what `make run` runs).
 
 Today that is a short MF-PPO session in simulation (`configs/train/mfppo_furuta.yaml`: HF =
-the furuta twin in-process, LF = the reduced-order model, synced pairing), ending with a
+the furuta twin in-process, LF = the reduced-order model, episode pairing), ending with a
 checkpoint, a learning-curve plot and a summary of what the HF and LF sides contributed.
 """
 
