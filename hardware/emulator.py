@@ -10,12 +10,20 @@ Requests are answered as they arrive; a COMMAND takes effect at the next tick. S
 SIGTERM stop it cleanly: torque off, pty closed, exit status 0.
 
 Fault injection (`FaultInjection`, all driven by one seeded RNG): replies dropped, corrupted
-(one byte flipped) or delayed with given probabilities; a disconnect (the pty is closed, as
-an unplugged cable) and an over-temperature after given times.
+(one byte flipped) or delayed with given probabilities; received bytes corrupted (one byte
+of a received chunk flipped before decoding, as noise on the host-to-device wire); a
+disconnect (the pty is closed, as an unplugged cable) and an over-temperature after given
+times.
+
+Diagnostics (`EmulatorStats`): frames received and rejected (bad header / CRC), COMMANDs
+received and executed (with the targets of the first `COMMAND_LOG_LIMIT` executed ones),
+replies sent, dropped and corrupted. `mfpg-robot emulator --stats-file PATH` writes them as
+JSON when the emulator exits (not after SIGKILL); the protocol itself is unchanged.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import select
@@ -24,17 +32,19 @@ import time
 import tty
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TextIO
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
 
 import numpy as np
 
 from hardware.device_model import DeviceModel
-from hardware.protocol import FrameDecoder, encode
+from hardware.protocol import Ack, Command, Frame, FrameDecoder, Message, Undecodable, encode
 from sim.robot_config import RobotConfig
 
 READ_CHUNK = 4096
 MAX_CATCH_UP_S = 0.25  # further behind the wall clock than this: skip ticks instead
+COMMAND_LOG_LIMIT = 20_000  # executed COMMANDs whose targets the stats keep (80 s at 250 Hz)
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,7 @@ class FaultInjection:
 
     drop_rate: float = 0.0
     corrupt_rate: float = 0.0
+    corrupt_rx_rate: float = 0.0  # per chunk of received bytes (usually one request)
     delay_rate: float = 0.0
     delay_ms: float = 0.0
     disconnect_after_s: float | None = None
@@ -50,7 +61,7 @@ class FaultInjection:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("drop_rate", "corrupt_rate", "delay_rate"):
+        for name in ("drop_rate", "corrupt_rate", "corrupt_rx_rate", "delay_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
@@ -70,6 +81,8 @@ class FaultInjection:
             parts.append(f"drop {self.drop_rate:.1%}")
         if self.corrupt_rate:
             parts.append(f"corrupt {self.corrupt_rate:.1%}")
+        if self.corrupt_rx_rate:
+            parts.append(f"corrupt received {self.corrupt_rx_rate:.1%}")
         if self.delay_rate:
             parts.append(f"delay {self.delay_rate:.1%} by {self.delay_ms:g} ms")
         if self.disconnect_after_s is not None:
@@ -77,6 +90,29 @@ class FaultInjection:
         if self.overtemp_after_s is not None:
             parts.append(f"over-temperature after {self.overtemp_after_s:g} s")
         return ", ".join(parts) or "none"
+
+
+@dataclass
+class EmulatorStats:
+    """What the emulated device received, executed and sent (diagnostics, not protocol)."""
+
+    rx_chunks_corrupted: int = 0  # received chunks with a byte flipped by `corrupt_rx_rate`
+    commands_received: int = 0  # CRC-valid, decodable COMMAND frames
+    commands_executed: int = 0  # of those, accepted (ACK): the device applied their targets
+    replies_sent: int = 0
+    replies_dropped: int = 0  # by `drop_rate`, or lost to a full port buffer
+    replies_corrupted: int = 0  # by `corrupt_rate`
+    # targets of the first COMMAND_LOG_LIMIT executed COMMANDs
+    executed_commands: list[list[float]] = field(default_factory=list)
+
+    def count(self, msg: Message | Undecodable, reply: Message) -> None:
+        """Account for one handled request and its reply."""
+        if isinstance(msg, Command):
+            self.commands_received += 1
+            if isinstance(reply, Ack):
+                self.commands_executed += 1
+                if len(self.executed_commands) < COMMAND_LOG_LIMIT:
+                    self.executed_commands.append(list(msg.targets))
 
 
 class Emulator:
@@ -88,6 +124,7 @@ class Emulator:
         self.device = DeviceModel(robot)
         self._rng = np.random.default_rng(self.faults.seed)
         self._decoder = FrameDecoder()
+        self.stats = EmulatorStats()
         self._out: deque[tuple[float, bytes]] = deque()
         self._stop = False
         self._master, self._slave = os.openpty()
@@ -138,25 +175,58 @@ class Emulator:
                 os.close(fd)
         self._master = self._slave = -1
 
+    def stats_dict(self, reason: str) -> dict[str, Any]:
+        """The diagnostics as a JSON-ready dict (decoder counters included)."""
+        rx = self._decoder.stats
+        return {
+            "robot": self.robot.name,
+            "faults": self.faults.describe(),
+            "reason": reason,
+            "frames_received": rx.frames,
+            "frames_undecodable": rx.undecodable,
+            "bad_header": rx.bad_header,
+            "bad_crc": rx.bad_crc,
+            "dropped_bytes": rx.dropped_bytes,
+            **asdict(self.stats),
+        }
+
+    def write_stats(self, path: str | Path, reason: str) -> None:
+        """Write `stats_dict(reason)` to `path` as JSON (atomically: temp file, rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.stats_dict(reason)))
+        os.replace(tmp, path)
+
     # -- internals ------------------------------------------------------------------------
     def _receive(self, t0: float) -> None:
         try:
             data = os.read(self._master, READ_CHUNK)
         except BlockingIOError:
             return
+        f, rng = self.faults, self._rng
+        if data and f.corrupt_rx_rate and rng.random() < f.corrupt_rx_rate:
+            buf = bytearray(data)
+            buf[int(rng.integers(len(buf)))] ^= int(rng.integers(1, 256))
+            data = bytes(buf)
+            self.stats.rx_chunks_corrupted += 1
         for frame in self._decoder.feed(data):
-            now = time.monotonic() - t0
-            reply = self.device.handle(frame, int(now * 1e6))
-            self._queue(encode(reply, frame.seq), now)
+            self._handle(frame, time.monotonic() - t0)
+
+    def _handle(self, frame: Frame, now: float) -> None:
+        reply = self.device.handle(frame, int(now * 1e6))
+        self.stats.count(frame.msg, reply)
+        self._queue(encode(reply, frame.seq), now)
 
     def _queue(self, frame: bytes, now: float) -> None:
         f, rng = self.faults, self._rng
         if f.drop_rate and rng.random() < f.drop_rate:
+            self.stats.replies_dropped += 1
             return
         if f.corrupt_rate and rng.random() < f.corrupt_rate:
             buf = bytearray(frame)
             buf[int(rng.integers(2, len(buf)))] ^= int(rng.integers(1, 256))
             frame = bytes(buf)
+            self.stats.replies_corrupted += 1
         due = now
         if f.delay_rate and rng.random() < f.delay_rate:
             due += f.delay_ms / 1000.0
@@ -169,12 +239,20 @@ class Emulator:
             _, frame = self._out.popleft()
             try:
                 os.write(self._master, frame)
+                self.stats.replies_sent += 1
             except BlockingIOError:
-                pass  # nobody reads the port and its buffer is full: lost, as on a wire
+                # nobody reads the port and its buffer is full: lost, as on a wire
+                self.stats.replies_dropped += 1
 
 
-def run_emulator(robot: RobotConfig, faults: FaultInjection, out: TextIO) -> int:
-    """The `mfpg-robot emulator` process: print the port first, serve until a signal."""
+def run_emulator(
+    robot: RobotConfig, faults: FaultInjection, out: TextIO, stats_path: str | Path | None = None
+) -> int:
+    """The `mfpg-robot emulator` process: print the port first, serve until a signal.
+
+    With `stats_path`, the diagnostics (`Emulator.stats_dict`) are written there as JSON on
+    the way out.
+    """
     emulator = Emulator(robot, faults)
 
     def log(line: str) -> None:
@@ -182,6 +260,7 @@ def run_emulator(robot: RobotConfig, faults: FaultInjection, out: TextIO) -> int
 
     # Handlers first: whoever reads the port line may signal at once.
     previous = {s: signal.signal(s, lambda *_: emulator.stop()) for s in _STOP_SIGNALS}
+    reason = "crashed"
     try:
         log(f"port: {emulator.port}")
         log(
@@ -193,6 +272,8 @@ def run_emulator(robot: RobotConfig, faults: FaultInjection, out: TextIO) -> int
         emulator.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if stats_path is not None:
+            emulator.write_stats(stats_path, reason)
     log(f"{reason}: torque off, port closed")
     return 0
 

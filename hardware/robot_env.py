@@ -14,18 +14,20 @@ measured state and the action actually sent.
 driver, `info["safety"]` what each stage clipped and any stop, `info["timing"]` the period.
 
 A safety stop (hard limit, stale state, over-temperature, device fault, missed deadlines,
-invalid action, driver error) is carried out at once (torque off, or hold for servos), ends
-the episode (`terminated=True`) and latches: `step()` raises `SafetyStopError` until `reset()`
-acknowledges it. At the end of an episode the robot idles: torque off for voltage/torque
-robots; position servos hold their pose, and a background `KeepAlive` re-sends the hold (and
-reads and checks the state) every `serial.watchdog_ms / 4` until the next `reset()` or
-`close()`, so that the device watchdog does not cut torque and let the arm fall. A problem
-found while idling (a safety check, a driver error) ends the keep-alive and carries out the
-stop (torque off, or one last hold that the watchdog ends). After a latched stop there is no
-keep-alive: a "hold" stop holds until the device watchdog turns torque off. Ctrl+C
-(KeyboardInterrupt) in `reset()` or `step()` turns torque off, records an event, re-raises;
-one that lands elsewhere (e.g. in the policy) and ends the program is caught by an `atexit`
-hook that turns torque off too.
+invalid action, driver error) is carried out at once (torque off, or hold for servos), ends the
+episode (`terminated=True`) and latches: `step()` raises `SafetyStopError` until `reset()`
+acknowledges it. A driver error (`RobotConnectionError`: link lost, no valid reply after the
+retries) also closes the driver after the stop attempt; the next `reset()` reconnects
+(handshake, watchdog) or raises the connection error while the device is still gone. At the end
+of an episode the robot idles: torque off for voltage/torque robots; position servos hold their
+pose, and a background `KeepAlive` re-sends the hold (and reads and checks the state) every
+`serial.watchdog_ms / 4` until the next `reset()` or `close()`, so that the device watchdog
+does not cut torque and let the arm fall. A problem found while idling (a safety check, a
+driver error) ends the keep-alive and carries out the stop (torque off, or one last hold that
+the watchdog ends). After a latched stop there is no keep-alive: a "hold" stop holds until the
+device watchdog turns torque off. Ctrl+C (KeyboardInterrupt) in `reset()` or `step()` turns
+torque off, records an event, re-raises; one that lands elsewhere (e.g. in the policy) and ends
+the program is caught by an `atexit` hook that turns torque off too.
 
 `realtime=False` (for `MockDriver`, whose clock is simulated) never sleeps and has no
 keep-alive (no device time passes between calls). Deadlines always use `time.monotonic`; the
@@ -48,7 +50,13 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
 
-from hardware.driver import DeviceState, RobotDriver, RobotError, RobotFaultError
+from hardware.driver import (
+    DeviceState,
+    RobotConnectionError,
+    RobotDriver,
+    RobotError,
+    RobotFaultError,
+)
 from hardware.homing import ResetError, ResetProcedure
 from hardware.keepalive import KeepAlive
 from hardware.safety import SafetyEvent, SafetyLayer, SafetyStopError, torque_off
@@ -230,6 +238,9 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         self.safety.latch(kind, f"{type(err).__name__}: {err}")
         self.safety.execute_stop(self.driver, self._state)
         self._active = False
+        if isinstance(err, RobotConnectionError):
+            # A lost or unreliable link: release it (`connected` False); reset() reconnects.
+            self.driver.close()
 
     def _reset(self) -> tuple[np.ndarray, dict[str, Any]]:
         self._stop_keepalive()

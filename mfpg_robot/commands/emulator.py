@@ -1,12 +1,14 @@
 """`mfpg-robot emulator --robot CONFIG`: the device emulator on a pseudo-terminal.
 
 Prints `port: <path>` as its first line, then serves the robot's protocol there until Ctrl+C
-or SIGTERM (torque off, exit 0). See `hardware.emulator` for the fault injection options.
+or SIGTERM (torque off, exit 0). See `hardware.emulator` for the fault injection options;
+`--stats-file PATH` writes what the device received, rejected and executed there on exit.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from sim.robot_config import ConfigError, load_robot_config
@@ -23,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drop-rate", type=float, default=0.0, help="probability a reply is lost")
     p.add_argument("--corrupt-rate", type=float, default=0.0,
                    help="probability a reply has one corrupted byte")
+    p.add_argument("--corrupt-rx-rate", type=float, default=0.0,
+                   help="probability a chunk of received bytes (usually one request) has one "
+                   "corrupted byte")
     p.add_argument("--delay-rate", type=float, default=0.0,
                    help="probability a reply is held back by --delay-ms")
     p.add_argument("--delay-ms", type=float, default=0.0, help="delay of a delayed reply (ms)")
@@ -31,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overtemp-after", type=float, default=None, metavar="S",
                    help="motors overheat past the limit after S seconds")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
+    p.add_argument("--stats-file", default=None, metavar="PATH",
+                   help="on exit, write JSON counts of frames received, frames rejected (bad "
+                   "header/CRC), commands received and executed, replies sent/dropped/corrupted")
     p.set_defaults(func=run)
 
 
@@ -42,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         faults = FaultInjection(
             drop_rate=args.drop_rate,
             corrupt_rate=args.corrupt_rate,
+            corrupt_rx_rate=args.corrupt_rx_rate,
             delay_rate=args.delay_rate,
             delay_ms=args.delay_ms,
             disconnect_after_s=args.disconnect_after,
@@ -51,4 +60,13 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return run_emulator(robot, faults, sys.stdout)
+    if args.stats_file is not None:
+        folder = os.path.dirname(os.path.abspath(args.stats_file))
+        if not os.path.isdir(folder):
+            print(
+                f"error: --stats-file {args.stats_file}: folder {folder} does not exist; "
+                "create it or pass a path in an existing folder",
+                file=sys.stderr,
+            )
+            return 2
+    return run_emulator(robot, faults, sys.stdout, args.stats_file)
