@@ -16,17 +16,14 @@ The update rule in the trainers (`algo.accel`, options `algo.accel_options`, see
   length, so `meta` may raise eta to at most 3 lr and Nesterov momentum is capped at 0.9;
 - a step's closure is a `LossClosure`: its loss function is bound to one minibatch, so every
   evaluation a rule makes (extragradient: two) sees the same data;
-- Nesterov's restart is tested on held-out minibatches, once per epoch: before each step, the
-  loss of the step's minibatch at the current point minus its loss at the previous step's
-  point (two forward passes, no backward) estimates, without bias, how much the previous step
-  changed the batch objective (within an epoch the minibatch has not been trained on yet).
-  These paired differences are summed over `restart_window` steps (one epoch: PPO's
-  `num_minibatches`, REINFORCE's 1); momentum restarts when the sum is positive, i.e. the
-  objective got worse over the epoch. The rule's own test compares the losses of consecutive
-  closures, which come from different minibatches (PPO) or rollouts (REINFORCE): noise. A
-  per-step paired test is unbiased but fired on ~48% of PPO's steps on the Furuta swing-up
-  (one step's gain is small against one minibatch's noise); summing an epoch cuts the noise
-  by sqrt(num_minibatches);
+- Nesterov's restart is tested once per epoch on paired minibatch losses: before each step,
+  the loss of the step's minibatch at the current point minus its loss at the previous step's
+  point (two forward passes, no backward) measures the previous step's effect on data that
+  this epoch has not trained on yet. The differences are summed over `restart_window` steps
+  (one epoch: PPO's `num_minibatches`, REINFORCE's 1 full-batch step) and momentum restarts
+  when the sum is positive: the objective got worse over the epoch. The rule's own test
+  compares the losses of consecutive closures, which come from different minibatches (PPO)
+  or rollouts (REINFORCE), i.e. it restarts on sampling noise (docs/accel.md);
 - per iteration `update` logs `accel/eta` (effective step size at the end), `accel/eta_mean`
   (mean over the iteration's steps), `accel/optimism`, `accel/momentum`, `accel/restarts`
   (cumulative) and `accel/grad_evals` (closure evaluations with backward this iteration).
