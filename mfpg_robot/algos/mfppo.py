@@ -33,7 +33,15 @@ import torch
 from torch import Tensor
 
 from mfpg_robot.algos.mfbase import LFSide, normalise
-from mfpg_robot.algos.ppo import PPO, Batch, clipped_surrogate, explained_variance, value_loss
+from mfpg_robot.algos.ppo import (
+    PPO,
+    Batch,
+    clipped_surrogate,
+    explained_variance,
+    ppo_diagnostics,
+    record_first_gradient_eval,
+    value_loss,
+)
 from mfpg_robot.buffer import RolloutBuffer
 from mfpg_robot.config import TrainConfig
 from mfpg_robot.estimators import mf_objective
@@ -121,16 +129,8 @@ class MFPPO(PPO):
                             a.clip_coef, a.clip_vloss).mean()
         entropy = self.policy.entropy()
         loss = pg_loss - a.ent_coef * entropy + a.vf_coef * v_loss
-        with torch.no_grad():
-            logratio = new_logp - batch.logprobs[ih]
-            ratio = logratio.exp()
-            info = {
-                "loss/policy": pg_loss.detach(),
-                "loss/value": v_loss.detach(),
-                "entropy": entropy.detach(),
-                "approx_kl": ((ratio - 1) - logratio).mean(),
-                "clipfrac": ((ratio - 1).abs() > a.clip_coef).float().mean(),
-            }
+        info = ppo_diagnostics(new_logp, batch.logprobs[ih], a.clip_coef, pg_loss, v_loss,
+                               entropy)
         return loss, info
 
     def _learn(self, buffer: RolloutBuffer) -> dict[str, float]:
@@ -158,8 +158,7 @@ class MFPPO(PPO):
                             last: dict[str, Tensor] = last) -> Tensor:
                     loss, info = self.mf_minibatch_loss(batch, adv_h, paired, ref, idx, c,
                                                         lf.ref_per_paired)
-                    last.clear()
-                    last.update(info)
+                    record_first_gradient_eval(last, info)
                     return loss
 
                 self._optimizer_step(self._clipped_closure(loss_fn))

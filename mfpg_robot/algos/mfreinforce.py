@@ -22,7 +22,7 @@ from torch import Tensor
 
 from mfpg_robot.algos.mfbase import LFSide
 from mfpg_robot.algos.mfppo import LFTensors, lf_advantages, surrogate_at_old
-from mfpg_robot.algos.ppo import Batch, explained_variance
+from mfpg_robot.algos.ppo import Batch, explained_variance, record_first_gradient_eval
 from mfpg_robot.algos.reinforce import Reinforce, reinforce_surrogate
 from mfpg_robot.buffer import RolloutBuffer
 from mfpg_robot.config import TrainConfig
@@ -80,8 +80,7 @@ class MFReinforce(Reinforce):
 
             def loss_fn(last: dict[str, Tensor] = last) -> Tensor:
                 loss, info = self.mf_batch_loss(batch, paired, ref, c, lf.ref_per_paired)
-                last.clear()
-                last.update(info)
+                record_first_gradient_eval(last, info)
                 return loss
 
             self._optimizer_step(self._clipped_closure(loss_fn))

@@ -81,6 +81,21 @@ def make_batch(
                  f32(returns), f32(values))
 
 
+@torch.no_grad()
+def ppo_diagnostics(new_logp: Tensor, old_logp: Tensor, clip_coef: float, pg_loss: Tensor,
+                    v_loss: Tensor, entropy: Tensor) -> dict[str, Tensor]:
+    """Losses, entropy, approximate KL (CleanRL's (r - 1) - log r) and the clipped fraction."""
+    logratio = new_logp - old_logp
+    ratio = logratio.exp()
+    return {
+        "loss/policy": pg_loss.detach(),
+        "loss/value": v_loss.detach(),
+        "entropy": entropy.detach(),
+        "approx_kl": ((ratio - 1) - logratio).mean(),
+        "clipfrac": ((ratio - 1).abs() > clip_coef).float().mean(),
+    }
+
+
 def record_first_gradient_eval(last: dict[str, Tensor], info: dict[str, Tensor]) -> None:
     """Keep in `last` the diagnostics of a step's first evaluation with gradients: the point the
     step starts from (extragradient's look-ahead and Nesterov's no-grad restart test re-evaluate
@@ -131,16 +146,8 @@ class PPO(Algorithm):
         pg_loss = -f.mean()
         entropy = self.policy.entropy()
         loss = pg_loss - a.ent_coef * entropy + a.vf_coef * v_loss
-        with torch.no_grad():
-            logratio = new_logp - batch.logprobs[idx]
-            ratio = logratio.exp()
-            info = {
-                "loss/policy": pg_loss.detach(),
-                "loss/value": v_loss.detach(),
-                "entropy": entropy.detach(),
-                "approx_kl": ((ratio - 1) - logratio).mean(),
-                "clipfrac": ((ratio - 1).abs() > a.clip_coef).float().mean(),
-            }
+        info = ppo_diagnostics(new_logp, batch.logprobs[idx], a.clip_coef, pg_loss, v_loss,
+                               entropy)
         return loss, info
 
     def _learn(self, buffer: RolloutBuffer) -> dict[str, float]:
