@@ -225,12 +225,16 @@ class NesterovAccelerator(Accelerator):
         self._x_prev: list[Tensor] | None = None
         self._prev_loss: float | None = None
 
+    def restart_momentum(self) -> None:
+        """Drop the momentum (k := 0): the next step does not extrapolate."""
+        self.restarts += 1
+        self._k = 0
+
     def step(self, closure: Closure) -> Tensor:
         loss = _call(closure)
         value = float(loss.detach()) if torch.is_tensor(loss) else float(loss)
         if self.restart and self._prev_loss is not None and value > self._prev_loss:
-            self.restarts += 1
-            self._k = 0
+            self.restart_momentum()
         self._prev_loss = value
         self.optimizer.step()
         x_new = _snapshot(self.params)

@@ -96,14 +96,10 @@ class LossClosure:
 
 
 def restart_momentum(accelerator: Accelerator) -> None:
-    """Restart a Nesterov rule's momentum (k := 0: this step's extrapolation is dropped).
-
-    `mfpg_robot.accel` has no public restart; this sets the same state its own test sets.
-    """
+    """Restart a Nesterov rule's momentum (k := 0: this step's extrapolation is dropped)."""
     if not isinstance(accelerator, NesterovAccelerator):
         raise TypeError(f"only the nesterov rule restarts, not {accelerator.name!r}")
-    accelerator.restarts += 1
-    accelerator._k = 0
+    accelerator.restart_momentum()
 
 
 class Algorithm(ABC):
