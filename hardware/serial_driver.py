@@ -19,12 +19,13 @@ A control loop pipelines its exchange: `submit_command` puts the COMMAND on the 
 returns; the following `read_state` sends READ_STATE, then reads the COMMAND's reply (raising
 its refusal, if any) and the STATE (`Transport.send`/`result`). The device sees the same
 requests in the same order as with `send_command`; the host no longer waits for the ACK
-before its deadline wait, which saves one round trip of host time per control step.
+before its deadline wait, which saves one round trip of host time per control step. When
+the COMMAND has to be re-sent, the STATE that arrived meanwhile is kept and returned; its
+`host_time_s` is when it arrived (`Pending.arrived_s`), so its age shows (`stale_state`).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -200,10 +201,10 @@ class SerialDriver(RobotDriver):
         self._submitted = transport.send(msg)
 
     def read_state(self) -> DeviceState:
-        reply = self._request(ReadState())
+        reply, arrived_s = self._request(ReadState())
         if not isinstance(reply, StateReply):
             raise RobotConnectionError(f"device refused READ_STATE ({_error_text(reply)})")
-        return self._to_state(reply)
+        return self._to_state(reply, arrived_s)
 
     def estop(self) -> None:
         self._ack(Estop())
@@ -251,22 +252,25 @@ class SerialDriver(RobotDriver):
             f"{self.robot.actuated_joints}, got {command!r}{why}"
         )
 
-    def _request(self, msg: Message) -> Message:
-        """Send `msg` and return its reply; a READ_STATE also settles a submitted COMMAND."""
+    def _request(self, msg: Message) -> tuple[Message, float]:
+        """Send `msg`; return its reply and when that arrived (`time.monotonic()`).
+
+        A READ_STATE also settles a submitted COMMAND; any other request abandons it.
+        """
         transport = self._require_transport()
         submitted = self._submitted
-        if submitted is None:
-            return transport.request(msg)
-        if msg.TYPE is not MsgType.READ_STATE:
+        if submitted is not None and msg.TYPE is not MsgType.READ_STATE:
             self._abandon_submitted(transport)
-            return transport.request(msg)
+            submitted = None
         self._submitted = None
-        pending = transport.send(msg)  # on the wire before the COMMAND's reply is read
+        pending = transport.send(msg)  # on the wire before a submitted COMMAND's reply is read
         try:
-            reply = transport.result(submitted)
-            if isinstance(reply, ErrorReply):
-                raise self._refusal(submitted.msg, reply)
-            return transport.result(pending)
+            if submitted is not None:
+                reply = transport.result(submitted)
+                if isinstance(reply, ErrorReply):
+                    raise self._refusal(submitted.msg, reply)
+            # A STATE kept while the COMMAND was re-sent: its arrival, not this return.
+            return transport.result(pending), pending.arrived_s
         finally:
             transport.forget(pending)
 
@@ -278,7 +282,7 @@ class SerialDriver(RobotDriver):
 
     def _ack(self, msg: Message) -> None:
         """Send a request whose success reply is ACK; raise on ERROR."""
-        reply = self._request(msg)
+        reply, _ = self._request(msg)
         if isinstance(reply, ErrorReply):
             raise self._refusal(msg, reply)
 
@@ -302,8 +306,8 @@ class SerialDriver(RobotDriver):
                 f"connected (--robot), or the port of the right robot (--port)."
             )
 
-    def _to_state(self, reply: StateReply) -> DeviceState:
-        host_time = time.monotonic()
+    def _to_state(self, reply: StateReply, arrived_s: float) -> DeviceState:
+        """The `DeviceState` of a STATE reply that arrived at `arrived_s` (host clock)."""
         if len(reply.position) != self._n_joints:
             raise RobotConnectionError(
                 f"device reported {len(reply.position)} joints, the config has {self._n_joints}"
@@ -319,7 +323,7 @@ class SerialDriver(RobotDriver):
         current, temperature = reply.current, reply.temperature
         return DeviceState(
             device_time_s=reply.timestamp_us * 1e-6,
-            host_time_s=host_time,
+            host_time_s=arrived_s,
             positions=np.array(reply.position),
             velocities=np.array(reply.velocity),
             currents=None if current is None else np.array(current),

@@ -9,7 +9,10 @@ do exist and how to fix the usual causes.
 an `ErrorReply`). It is `result(send(msg))`: `send` transmits a request and returns a
 `Pending` at once, so that a caller can have a second request on the wire before it reads the
 first reply (pipelining; the device answers requests in order, docs/protocol.md section 6),
-and `result(pending)` returns that request's reply; `forget(pending)` abandons one.
+and `result(pending)` returns that request's reply; `forget(pending)` abandons one. After
+`result`, `pending.arrived_s` is `time.monotonic()` at the read that completed the reply's
+frame: for a reply kept while another request was awaited, when it arrived, not when it was
+returned (the age of a state, docs/safety.md).
 
 Each transmission gets a new sequence number. A valid reply whose sequence number belongs to
 another outstanding request is kept for that request's `result`; any other sequence number
@@ -29,6 +32,7 @@ Only after garbage does it read what is waiting.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -100,6 +104,7 @@ class Pending:
     msg: Message
     expected: MsgType  # the reply type on success (ERROR is always possible)
     seq: int = -1  # of its latest transmission
+    arrived_s: float = math.nan  # time.monotonic() when its reply arrived (set by `result`)
 
 
 class Transport:
@@ -118,7 +123,8 @@ class Transport:
         self._seq = 0xFFFF  # the first request goes out with seq 0
         self._reply_size: dict[MsgType, int] = {}  # frame size of the last reply per type
         self._outstanding: dict[int, Pending] = {}  # seq -> request awaiting its reply
-        self._replies: dict[int, Message] = {}  # seq -> reply that arrived before its turn
+        # seq -> (reply, arrival time) of a reply that arrived before its turn
+        self._replies: dict[int, tuple[Message, float]] = {}
 
     @property
     def name(self) -> str:
@@ -152,8 +158,10 @@ class Transport:
             for attempt in range(self.retries + 1):
                 if attempt:
                     self._transmit(pending)
-                reply = self._replies.pop(pending.seq, None)
-                if reply is None:
+                kept = self._replies.pop(pending.seq, None)
+                if kept is not None:
+                    reply, pending.arrived_s = kept
+                else:
                     reply = self._await_reply(pending)
                 if isinstance(reply, Message):
                     return reply
@@ -215,7 +223,8 @@ class Transport:
     def _await_reply(self, pending: Pending) -> Message | Literal["timeout", "corrupted"]:
         """The reply to `pending`, or "timeout" / "corrupted" (then the caller retries).
 
-        Replies to other outstanding requests that arrive meanwhile are kept in `_replies`.
+        Sets `pending.arrived_s` when it returns the reply. Replies to other outstanding
+        requests that arrive meanwhile are kept in `_replies` with their arrival time.
         Fast path: one read of the size the last reply of this type had (learned); else a
         read of the 8-byte header and one of the rest of its frame. After garbage, or bytes
         left over from another frame, it reads what is waiting (at least 1 byte).
@@ -241,6 +250,7 @@ class Transport:
             else:
                 data = self._read(max(1, self.port.in_waiting))
                 frames = decoder.feed(data)
+            now = time.monotonic()  # the arrival time of the frames this read completed
             found = None
             for seq, msg in frames:
                 owner = outstanding.get(seq)
@@ -257,10 +267,11 @@ class Transport:
                         self._reply_size[expected] = size
                     found = msg
                 else:
-                    self._replies[seq] = msg
+                    self._replies[seq] = (msg, now)
             if found is not None:
+                pending.arrived_s = now
                 return found
             if decoder.stats.bad_crc + decoder.stats.bad_header != bad_before:
                 return "corrupted"
-            if not data or time.monotonic() > deadline:
+            if not data or now > deadline:
                 return "timeout"

@@ -388,6 +388,37 @@ def test_lost_ack_of_a_submitted_command_is_retried_and_the_state_kept(
     drv.close()
 
 
+def test_a_state_kept_while_the_command_is_resent_is_stamped_when_it_arrived(
+    furuta: RobotConfig, fake: FakeDevice
+) -> None:
+    """The COMMAND's ACK is lost, so the COMMAND is re-sent after the timeout; the STATE that
+    arrived before that is returned with the step, stamped with its arrival (DeviceState)."""
+    state_sent_at: list[float] = []
+    retry_received_at: list[float] = []
+
+    def on_command(f: Frame) -> list[bytes]:
+        if not state_sent_at:
+            return []  # the first ACK is lost
+        retry_received_at.append(time.monotonic())
+        return [encode(Ack(MsgType.COMMAND), f.seq)]
+
+    def on_read_state(f: Frame, n: int) -> list[bytes]:
+        state_sent_at.append(time.monotonic())  # written right after this returns
+        return [encode(state(5.0), f.seq)]
+
+    fake.on_request[MsgType.COMMAND] = on_command
+    fake.on_read_state = on_read_state
+    drv = connected(furuta, fake.port, timeout_s=0.3)
+    drv.submit_command(np.array([1.0]))
+    got = drv.read_state()
+    returned_at = time.monotonic()
+    assert got.positions[0] == 5.0 and drv.stats.timeouts == 1
+    assert state_sent_at[0] <= got.host_time_s <= retry_received_at[0]
+    # The age the safety layer computes includes the ~0.3 s wait for the re-sent COMMAND.
+    assert returned_at - got.host_time_s > 0.1
+    drv.close()
+
+
 def test_state_reply_ahead_of_the_command_reply_is_not_stale(
     furuta: RobotConfig, fake: FakeDevice
 ) -> None:
