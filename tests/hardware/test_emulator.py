@@ -217,11 +217,11 @@ def test_fault_injection_rejects_bad_settings(kwargs: dict) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_emulator_prints_port_first_and_exits_zero_with_torque_off(
-    furuta: RobotConfig, emulator_factory, sig: int
+    emulator_factory, relaxed_config, sig: int
 ) -> None:
     emu = emulator_factory("furuta")
     assert emu.first_line.startswith("port: /dev/") and os.path.exists(emu.port)
-    drv = SerialDriver(furuta, port=emu.port)
+    drv = SerialDriver(relaxed_config("furuta"), port=emu.port)
     drv.connect()
     drv.enable()
     drv.send_command(np.array([0.0]))
@@ -290,8 +290,9 @@ def test_disconnect_makes_the_host_raise_connection_error(
 
 
 def test_overtemperature_injection_raises_fault_error(
-    furuta: RobotConfig, emulator_factory
+    emulator_factory, relaxed_config
 ) -> None:
+    furuta = relaxed_config("furuta")  # no watchdog trip before the over-temperature
     emu = emulator_factory("furuta", "--overtemp-after", "0.3")
     with SerialDriver(furuta, port=emu.port) as drv:
         drv.enable()

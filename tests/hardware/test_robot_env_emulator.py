@@ -1,8 +1,9 @@
 """RobotEnv against the device emulator: SerialDriver over a pty, the dry-run code path.
 
 The emulator runs the twin in real time in its own process (fixtures in conftest.py). The test
-machine is shared and loaded: deadlines and staleness are relaxed here (they are tested against
-the mock in test_robot_env.py); benchmarks/control_loop.py measures the loop's timing.
+machine is shared and loaded: these tests use `relaxed_config` (conftest.py), which relaxes
+deadlines, staleness, the link's retries and the device watchdog (timing is tested against the
+mock in test_robot_env.py); benchmarks/control_loop.py measures the loop's timing.
 """
 
 from __future__ import annotations
@@ -22,29 +23,17 @@ from gymnasium.utils.env_checker import check_env
 from hardware.driver import DeviceState
 from hardware.robot_env import RobotEnv, make_robot_env
 from hardware.serial_driver import SerialDriver
-from sim.robot_config import RobotConfig, load_robot_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RELAXED = {"deadline_tolerance": 10_000, "stale_state_s": 0.5}
-
-
-def quick(name: str) -> RobotConfig:
-    """The robot config with a short settle time and relaxed timing checks."""
-    robot = load_robot_config(name)
-    return robot.model_copy(
-        update={
-            "reset": robot.reset.model_copy(update={"settle_s": 0.04}),
-            "safety": robot.safety.model_copy(update=RELAXED),
-        }
-    )
-
 
 @pytest.mark.parametrize("name", ["furuta", "arm2"])
-def test_check_env_passes_against_the_emulator(name: str, emulator_factory) -> None:
+def test_check_env_passes_against_the_emulator(
+    name: str, emulator_factory, relaxed_config
+) -> None:
     # A fresh device: arm2 left with torque off by another test falls onto its mechanical
     # stop at the hard limit, and a reset then (rightly) refuses to start.
     emulator = emulator_factory(name)
-    robot = quick(name)
+    robot = relaxed_config(name)
     with SerialDriver(robot, port=emulator.port) as drv:
         env = make_robot_env(robot, drv)
         check_env(env)
@@ -84,9 +73,9 @@ def _episode_then_pause(env: RobotEnv, pause_s: float) -> np.ndarray:
     return info["state"].arrays(env.joint_names)[0]
 
 
-def test_arm2_keeps_holding_between_episodes(emulator_factory) -> None:
+def test_arm2_keeps_holding_between_episodes(emulator_factory, relaxed_config) -> None:
     emulator = emulator_factory("arm2")
-    robot = quick("arm2")
+    robot = relaxed_config("arm2")
     pause_s = 4 * robot.serial.watchdog_ms / 1000  # well past the device watchdog
     with RecordingSerialDriver(robot, port=emulator.port) as drv:
         env = make_robot_env(robot, drv, max_episode_steps=30)
@@ -104,9 +93,11 @@ def test_arm2_keeps_holding_between_episodes(emulator_factory) -> None:
         assert not drv.read_state().enabled  # close() turned torque off
 
 
-def test_without_keepalive_arm2_falls_after_the_watchdog(emulator_factory) -> None:
+def test_without_keepalive_arm2_falls_after_the_watchdog(
+    emulator_factory, relaxed_config
+) -> None:
     emulator = emulator_factory("arm2")
-    robot = quick("arm2")
+    robot = relaxed_config("arm2")
     pause_s = 4 * robot.serial.watchdog_ms / 1000
     with SerialDriver(robot, port=emulator.port) as drv:
         # realtime=False: no deadlines and no keep-alive (meant for simulated clocks)
@@ -123,11 +114,9 @@ CHILD_SERIAL = textwrap.dedent(
     import numpy as np
     from hardware.robot_env import RobotEnv, make_robot_env
     from hardware.serial_driver import SerialDriver
-    from sim.robot_config import load_robot_config
+    from sim.robot_config import RobotConfig
 
-    robot = load_robot_config("furuta")
-    robot = robot.model_copy(update={"safety": robot.safety.model_copy(
-        update={"deadline_tolerance": 10_000, "stale_state_s": 0.5})})
+    robot = RobotConfig.model_validate_json(sys.argv[2])
     drv = SerialDriver(robot, port=sys.argv[1])
     drv.connect()
     drv.set_watchdog(10_000)  # the device would not turn torque off by itself for 10 s
@@ -142,10 +131,13 @@ CHILD_SERIAL = textwrap.dedent(
 )
 
 
-def test_ctrl_c_mid_episode_on_the_emulator_leaves_torque_off(emulator_factory) -> None:
+def test_ctrl_c_mid_episode_on_the_emulator_leaves_torque_off(
+    emulator_factory, relaxed_config
+) -> None:
     emulator = emulator_factory("furuta")
+    robot = relaxed_config("furuta")
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD_SERIAL, emulator.port],
+        [sys.executable, "-c", CHILD_SERIAL, emulator.port, robot.model_dump_json()],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -159,7 +151,6 @@ def test_ctrl_c_mid_episode_on_the_emulator_leaves_torque_off(emulator_factory) 
     finally:
         proc.kill()
     assert proc.returncode != 0 and "KeyboardInterrupt" in err
-    robot = load_robot_config("furuta")
     drv = SerialDriver(robot, port=emulator.port)
     drv.connect()  # the handshake does not change torque
     state = drv.read_state()

@@ -5,12 +5,12 @@ versions of these faults are in test_emulator.py and test_serial_driver.py; here
 the episode safely through `RobotEnv`.
 
 These tests are about faults, not timing: the machine running them has 2 shared cores, and a
-250 Hz loop competing with the emulator misses deadlines and sees late replies. `robot()`
-therefore tolerates missed deadlines and stale states up to 1 s, and gives every request 7
-attempts of the robot's 20 ms and the device watchdog 500 ms, so that only the injected fault
-ends an episode. (A longer reply timeout is no cure: while the host waits for the reply to a
-COMMAND the device lost, the previous command keeps acting; at 50-100 ms, 5% corrupted
-requests drove furuta's reset into its hard limit.)
+250 Hz loop competing with the emulator misses deadlines and sees late replies.
+`relaxed_config("furuta")` (conftest.py) therefore tolerates missed deadlines and stale states
+up to 1 s, and gives every request 7 attempts of the robot's 20 ms and the device watchdog
+500 ms, so that only the injected fault ends an episode. (A longer reply timeout is no cure:
+while the host waits for the reply to a COMMAND the device lost, the previous command keeps
+acting; at 50-100 ms, 5% corrupted requests drove furuta's reset into its hard limit.)
 The loop's timing is measured by benchmarks/control_loop.py and tested against the mock in
 test_robot_env.py.
 """
@@ -33,26 +33,9 @@ from hardware.robot_env import RobotEnv, make_robot_env
 from hardware.safety import SafetyStopError
 from hardware.serial_driver import SerialDriver
 from mfpg_robot.cli import main
-from sim.robot_config import RobotConfig, load_robot_config
 
 SLACK_S = 0.5  # scheduling slack on a loaded 2-core machine, on top of the link's own bound
 ZERO = np.zeros(1)  # 0 V on furuta's arm
-
-
-def robot() -> RobotConfig:
-    """furuta with a short settle, relaxed timing checks and a patient link (module docstring)."""
-    base = load_robot_config("furuta")
-    return base.model_copy(
-        update={
-            "reset": base.reset.model_copy(update={"settle_s": 0.04}),
-            "safety": base.safety.model_copy(
-                update={"deadline_tolerance": 100_000, "stale_state_s": 1.0}
-            ),
-            "serial": base.serial.model_copy(
-                update={"timeout_s": 0.02, "retries": 6, "watchdog_ms": 500}
-            ),
-        }
-    )
 
 
 def run_episode(env: RobotEnv, seed: int, steps: int | None = None) -> None:
@@ -66,10 +49,12 @@ def run_episode(env: RobotEnv, seed: int, steps: int | None = None) -> None:
     assert truncated == (steps == env.max_episode_steps)
 
 
-def test_emulator_killed_mid_episode_stops_within_the_link_timeout(emulator_factory) -> None:
+def test_emulator_killed_mid_episode_stops_within_the_link_timeout(
+    emulator_factory, relaxed_config
+) -> None:
     """SIGKILL of the device mid-episode: driver_error stop, driver closed, steps refused;
     after the device is back (on a new port), reset() reconnects and episodes run again."""
-    cfg = robot()
+    cfg = relaxed_config("furuta")
     emulator = emulator_factory("furuta")
     drv = SerialDriver(cfg, port=emulator.port)
     drv.connect()
@@ -106,11 +91,13 @@ def test_emulator_killed_mid_episode_stops_within_the_link_timeout(emulator_fact
     assert not drv.connected
 
 
-def test_host_stall_trips_the_device_watchdog_and_reset_clears_it(emulator_factory) -> None:
+def test_host_stall_trips_the_device_watchdog_and_reset_clears_it(
+    emulator_factory, relaxed_config
+) -> None:
     """The host sleeps past the device watchdog mid-episode: the device cuts torque and latches
     WATCHDOG; the next step ends the episode (device_fault naming WATCHDOG); reset() clears
     the fault explicitly (a `faults_cleared` event) and the next episode runs."""
-    cfg = robot()
+    cfg = relaxed_config("furuta")
     emulator = emulator_factory("furuta")
     with SerialDriver(cfg, port=emulator.port) as drv:
         env = make_robot_env(cfg, drv, max_episode_steps=20)
@@ -158,12 +145,12 @@ def _wire(values: object) -> tuple[float, ...]:
 
 @pytest.mark.parametrize("option", ["--corrupt-rate", "--corrupt-rx-rate"])
 def test_corrupted_bytes_are_retried_and_never_executed(
-    emulator_factory, tmp_path: Path, option: str
+    emulator_factory, relaxed_config, tmp_path: Path, option: str
 ) -> None:
     """5% of the replies (device -> host) or of the received chunks (host -> device) get a
     corrupted byte: episodes still complete through the transport's retries, and every
     command the device executed is one the host sent (a corrupted one never runs)."""
-    cfg = robot()
+    cfg = relaxed_config("furuta")
     stats_file = tmp_path / "emulator_stats.json"
     emulator = emulator_factory(
         "furuta", option, "0.05", "--seed", "3", "--stats-file", str(stats_file)
@@ -192,10 +179,12 @@ def test_corrupted_bytes_are_retried_and_never_executed(
         assert stats["replies_corrupted"] == 0
 
 
-def test_over_temperature_stops_the_env_and_reset_refuses_while_hot(emulator_factory) -> None:
+def test_over_temperature_stops_the_env_and_reset_refuses_while_hot(
+    emulator_factory, relaxed_config
+) -> None:
     """The motor overheats mid-episode: torque off, the episode ends naming the temperature,
     steps are refused, and reset() refuses (with the reason) while the motor is still hot."""
-    cfg = robot()
+    cfg = relaxed_config("furuta")
     overtemp_after_s = 2.0  # after the reset (~0.2 s unloaded), during the episode
     emulator = emulator_factory("furuta", "--overtemp-after", str(overtemp_after_s))
     with SerialDriver(cfg, port=emulator.port) as drv:
