@@ -70,7 +70,11 @@ class GaussianPolicy(nn.Module):
     """Actor: normalised obs -> mean action; state-independent log-std."""
 
     def __init__(
-        self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (64, 64), log_std_init: float = 0.0
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: tuple[int, ...] = (64, 64),
+        log_std_init: float = 0.0,
     ) -> None:
         super().__init__()
         self.obs_dim, self.act_dim = obs_dim, act_dim

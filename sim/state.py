@@ -49,7 +49,9 @@ class RobotState:
         return cls(
             positions={n: float(x) for n, x in zip(joint_names, q, strict=True)},
             velocities={n: float(x) for n, x in zip(joint_names, v, strict=True)},
-            task={k: tuple(float(x) for x in np.atleast_1d(val)) for k, val in (task or {}).items()},
+            task={
+                k: tuple(float(x) for x in np.atleast_1d(val)) for k, val in (task or {}).items()
+            },
         )
 
     def to_dict(self) -> dict[str, Any]:

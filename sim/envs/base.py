@@ -142,7 +142,9 @@ class RobotSimEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def get_state(self) -> RobotState:
         """The measured state (as a device would report it) with the task variables."""
-        return RobotState.from_arrays(self.joint_names, self._q_meas, self._v_meas, self._task_state)
+        return RobotState.from_arrays(
+            self.joint_names, self._q_meas, self._v_meas, self._task_state
+        )
 
     def _observation(self) -> np.ndarray:
         obs = self.task.observe(self._q_meas[None], self._v_meas[None], self._batched_task())
@@ -183,8 +185,10 @@ class RobotSimEnv(gym.Env[np.ndarray, np.ndarray]):
     def _hold_ctrl(self) -> None:
         """Idle command at start: hold position for servos, zero effort otherwise."""
         if self.robot.actuation.type == "position":
-            act_q = [self.data.qpos[self.qpos_adr[self.joint_names.index(n)]]
-                     for n in self.robot.actuated_joints]
+            act_q = [
+                self.data.qpos[self.qpos_adr[self.joint_names.index(n)]]
+                for n in self.robot.actuated_joints
+            ]
             self.data.ctrl[self.act_ids] = act_q
         else:
             self.data.ctrl[self.act_ids] = 0.0

@@ -34,7 +34,9 @@ class Task(ABC):
         """(B, obs_dim) float32 observations."""
 
     @abstractmethod
-    def reward(self, q: np.ndarray, v: np.ndarray, action: np.ndarray, task: TaskState) -> np.ndarray:
+    def reward(
+        self, q: np.ndarray, v: np.ndarray, action: np.ndarray, task: TaskState
+    ) -> np.ndarray:
         """(B,) float64 rewards for arriving in (q, v) after applying `action`."""
 
     def terminated(self, q: np.ndarray, v: np.ndarray, task: TaskState) -> np.ndarray:
