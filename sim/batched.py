@@ -148,9 +148,14 @@ class BatchedCollector:
         self._ctrl_cols = slice(act_ids[0], act_ids[-1] + 1) if contiguous else act_ids
 
     # -- lifecycle ------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """True once `close()` has stopped the thread pool."""
+        return self._pool.rollout_ is None
+
     def close(self) -> None:
         """Stop the rollout thread pool (the collector cannot run afterwards)."""
-        if self._pool.rollout_ is not None:
+        if not self.closed:
             self._pool.close()
 
     def __enter__(self) -> BatchedCollector:

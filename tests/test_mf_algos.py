@@ -152,6 +152,7 @@ def test_mfppo_trains_and_logs_positive_correlation(tmp_path, pairing: str,
     result = train(cfg)
     if pairing == "episode":
         assert result.algorithm.lf.pairing.same_starts is same_starts
+    assert result.algorithm.lf.collector.closed, "train() must release the LF thread pool"
     rows = result.history
     assert len(rows) == 2
     for row in rows:

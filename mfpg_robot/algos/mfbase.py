@@ -224,6 +224,37 @@ class LFSide:
         self.stat_gen.set_state(state["stat_gen"])
 
 
+class MultiFidelity:
+    """What MF-PPO and MF-REINFORCE add to their single-fidelity base class (mix in first):
+    the LF side's checkpoint state, its per-iteration metrics and the release of its threads."""
+
+    lf: LFSide
+
+    def mf_metrics(
+        self, buffer: RolloutBuffer, c: float, rho: float, c_batch: float,
+        grad: tuple[float, float], lf: LFSamples, critic_loss: float,
+    ) -> dict[str, float]:
+        """rho, c, 1 - rho^2, gradient variance ratio, LF/HF returns and sample counts."""
+        return {
+            **self.lf.stats(c, rho, c_batch, grad, lf),
+            "lf/critic_loss": critic_loss,
+            "hf/samples": float(len(buffer)),
+            "hf/reward_per_step": float(buffer.rewards.mean()),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "lf": self.lf.state_dict()}  # type: ignore[misc]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)  # type: ignore[misc]
+        self.lf.load_state_dict(state["lf"])
+
+    def close(self) -> None:
+        """Release the batched LF collector's thread pool."""
+        self.lf.close()
+        super().close()  # type: ignore[misc]
+
+
 def _tensors(part: LFPart, adv: np.ndarray) -> tuple[torch.Tensor, ...]:
     return (torch.as_tensor(part.obs), torch.as_tensor(part.actions),
             torch.as_tensor(adv, dtype=torch.float32))

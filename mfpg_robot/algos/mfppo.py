@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mfpg_robot.algos.mfbase import LFSide, normalise
+from mfpg_robot.algos.mfbase import LFSide, MultiFidelity, normalise
 from mfpg_robot.algos.ppo import (
     PPO,
     Batch,
@@ -102,7 +102,7 @@ def group_minibatches(
     return list(zip(hf_chunks, split(p_mb), split(r_mb), strict=True))
 
 
-class MFPPO(PPO):
+class MFPPO(MultiFidelity, PPO):
     """PPO with HF/LF pairs kept together in every minibatch and a control-variate surrogate."""
 
     def __init__(self, cfg: TrainConfig, obs_dim: int, act_dim: int) -> None:
@@ -173,18 +173,8 @@ class MFPPO(PPO):
         metrics["grad_steps"] = float(n_steps)
         metrics["explained_variance"] = explained_variance(batch.values.numpy(),
                                                            batch.returns.numpy())
-        metrics.update(self.lf.stats(c, rho, c_batch, grad, lf))
-        metrics["lf/critic_loss"] = critic_loss
-        metrics["hf/samples"] = float(len(buffer))
-        metrics["hf/reward_per_step"] = float(buffer.rewards.mean())
+        metrics.update(self.mf_metrics(buffer, c, rho, c_batch, grad, lf, critic_loss))
         return metrics
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "lf": self.lf.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.lf.load_state_dict(state["lf"])
 
 
 def build_algorithm(cfg: TrainConfig, obs_dim: int, act_dim: int) -> MFPPO:

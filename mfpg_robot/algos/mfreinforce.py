@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mfpg_robot.algos.mfbase import LFSide
+from mfpg_robot.algos.mfbase import LFSide, MultiFidelity
 from mfpg_robot.algos.mfppo import LFTensors, lf_advantages, surrogate_at_old
 from mfpg_robot.algos.ppo import Batch, explained_variance, record_first_gradient_eval
 from mfpg_robot.algos.reinforce import Reinforce, reinforce_surrogate
@@ -29,7 +29,7 @@ from mfpg_robot.config import TrainConfig
 from mfpg_robot.estimators import mf_objective
 
 
-class MFReinforce(Reinforce):
+class MFReinforce(MultiFidelity, Reinforce):
     """REINFORCE whose gradient is corrected by paired LF samples."""
 
     def __init__(self, cfg: TrainConfig, obs_dim: int, act_dim: int) -> None:
@@ -92,18 +92,8 @@ class MFReinforce(Reinforce):
         metrics["grad_steps"] = float(a.update_epochs)
         metrics["explained_variance"] = explained_variance(batch.values.numpy(),
                                                            batch.returns.numpy())
-        metrics.update(self.lf.stats(c, rho, c_batch, grad, lf))
-        metrics["lf/critic_loss"] = critic_loss
-        metrics["hf/samples"] = float(len(buffer))
-        metrics["hf/reward_per_step"] = float(buffer.rewards.mean())
+        metrics.update(self.mf_metrics(buffer, c, rho, c_batch, grad, lf, critic_loss))
         return metrics
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "lf": self.lf.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.lf.load_state_dict(state["lf"])
 
 
 def build_algorithm(cfg: TrainConfig, obs_dim: int, act_dim: int) -> MFReinforce:
