@@ -17,13 +17,12 @@ See `mfpg_robot.algos.mfbase` for the LF critic, normalisation and c choices.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from mfpg_robot.algos.mfbase import LFSide, MultiFidelity
 from mfpg_robot.algos.mfppo import LFTensors, lf_advantages, surrogate_at_old
 from mfpg_robot.algos.ppo import Batch, explained_variance, record_first_gradient_eval
-from mfpg_robot.algos.reinforce import Reinforce, reinforce_surrogate
+from mfpg_robot.algos.reinforce import Reinforce, reinforce_diagnostics, reinforce_surrogate
 from mfpg_robot.buffer import RolloutBuffer
 from mfpg_robot.config import TrainConfig
 from mfpg_robot.estimators import mf_objective
@@ -50,15 +49,7 @@ class MFReinforce(MultiFidelity, Reinforce):
         v_loss = 0.5 * ((self.critic(batch.obs) - batch.returns) ** 2).mean()
         entropy = self.policy.entropy()
         loss = pg_loss - a.ent_coef * entropy + a.vf_coef * v_loss
-        with torch.no_grad():
-            logratio = logp - batch.logprobs
-            info = {
-                "loss/policy": pg_loss.detach(),
-                "loss/value": v_loss.detach(),
-                "entropy": entropy.detach(),
-                "approx_kl": ((logratio.exp() - 1) - logratio).mean(),
-            }
-        return loss, info
+        return loss, reinforce_diagnostics(logp, batch.logprobs, pg_loss, v_loss, entropy)
 
     def _learn(self, buffer: RolloutBuffer) -> dict[str, float]:
         a = self.cfg.algo

@@ -34,6 +34,19 @@ def reinforce_surrogate(logp: Tensor, advantages: Tensor) -> Tensor:
     return advantages * logp
 
 
+@torch.no_grad()
+def reinforce_diagnostics(new_logp: Tensor, old_logp: Tensor, pg_loss: Tensor, v_loss: Tensor,
+                          entropy: Tensor) -> dict[str, Tensor]:
+    """Losses, entropy and the approximate KL (r - 1) - log r from the sampling policy."""
+    logratio = new_logp - old_logp
+    return {
+        "loss/policy": pg_loss.detach(),
+        "loss/value": v_loss.detach(),
+        "entropy": entropy.detach(),
+        "approx_kl": ((logratio.exp() - 1) - logratio).mean(),
+    }
+
+
 class Reinforce(Algorithm):
     """Monte-Carlo policy gradient with a critic baseline."""
 
@@ -56,15 +69,7 @@ class Reinforce(Algorithm):
         v_loss = 0.5 * ((self.critic(batch.obs) - batch.returns) ** 2).mean()
         entropy = self.policy.entropy()
         loss = pg_loss - a.ent_coef * entropy + a.vf_coef * v_loss
-        with torch.no_grad():
-            logratio = logp - batch.logprobs
-            info = {
-                "loss/policy": pg_loss.detach(),
-                "loss/value": v_loss.detach(),
-                "entropy": entropy.detach(),
-                "approx_kl": ((logratio.exp() - 1) - logratio).mean(),
-            }
-        return loss, info
+        return loss, reinforce_diagnostics(logp, batch.logprobs, pg_loss, v_loss, entropy)
 
     def _learn(self, buffer: RolloutBuffer) -> dict[str, float]:
         batch = self.prepare(buffer)
