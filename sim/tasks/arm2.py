@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.robot_config import RobotConfig, load_robot_config
+from sim.robot_config import RobotConfig
 from sim.tasks.base import Task, TaskState
 
 SHOULDER_XZ = (0.0, 0.30)
@@ -78,15 +78,11 @@ class Arm2Reach(Task):
     name = "Arm2Reach"
     robot = "arm2"
     obs_dim = 10
-    max_episode_steps = 200  # 4 s at 50 Hz; must match sim/__init__.py
+    joints = ("shoulder", "elbow")
+    max_episode_steps = 200  # 4 s at 50 Hz
 
     def __init__(self, robot_config: RobotConfig | None = None) -> None:
-        cfg = robot_config if robot_config is not None else load_robot_config(self.robot)
-        if cfg.joint_names != ("shoulder", "elbow"):
-            raise ValueError(
-                f"Arm2Reach needs joints ('shoulder', 'elbow') in that order; robot "
-                f"'{cfg.name}' has {cfg.joint_names}"
-            )
+        cfg = self._robot_config(robot_config)
         lower, upper = [], []
         for name in cfg.joint_names:
             lim = cfg.joint(name).soft_limits

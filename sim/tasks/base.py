@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from sim.robot_config import RobotConfig, load_robot_config
+
 TaskState = dict[str, np.ndarray]
 
 
@@ -22,8 +24,21 @@ class Task(ABC):
     name: str
     #: The robot config (configs/robots/<robot>.yaml) this task runs on.
     robot: str
+    #: Joints the task is written for, in the order the robot config must list them.
+    joints: tuple[str, ...]
     obs_dim: int
+    #: Episode horizon; also the registered TimeLimit of the task's Gymnasium id.
     max_episode_steps: int
+
+    def _robot_config(self, robot_config: RobotConfig | None) -> RobotConfig:
+        """The given config, or this task's robot's; refused unless it has `joints` in order."""
+        cfg = robot_config if robot_config is not None else load_robot_config(self.robot)
+        if cfg.joint_names != self.joints:
+            raise ValueError(
+                f"{self.name} needs joints {self.joints} in that order; robot "
+                f"'{cfg.name}' has {cfg.joint_names}"
+            )
+        return cfg
 
     def sample_task_state(self, rng: np.random.Generator) -> TaskState:
         """Task variables drawn at reset (e.g. a reach target), unbatched (k,) arrays."""

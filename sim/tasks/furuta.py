@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.robot_config import RobotConfig, load_robot_config
+from sim.robot_config import RobotConfig
 from sim.tasks.base import Task, TaskState
 
 VELOCITY_SCALE = 10.0
@@ -43,15 +43,11 @@ class FurutaSwingup(Task):
     name = "FurutaSwingup"
     robot = "furuta"
     obs_dim = 6
-    max_episode_steps = 1000  # 4 s at 250 Hz; must match sim/__init__.py
+    joints = ("arm", "pendulum")
+    max_episode_steps = 1000  # 4 s at 250 Hz
 
     def __init__(self, robot_config: RobotConfig | None = None) -> None:
-        cfg = robot_config if robot_config is not None else load_robot_config(self.robot)
-        if cfg.joint_names != ("arm", "pendulum"):
-            raise ValueError(
-                f"FurutaSwingup needs joints ('arm', 'pendulum') in that order; robot "
-                f"'{cfg.name}' has {cfg.joint_names}"
-            )
+        cfg = self._robot_config(robot_config)
         limits = cfg.joint("arm").hard_limits
         if limits is None or not limits.lower < 0.0 < limits.upper:
             raise ValueError(

@@ -85,7 +85,7 @@ def test_reset_to_get_state_round_trips_across_fidelities(env_id, source, dest):
 @pytest.mark.parametrize("env_id", list(sim.ENV_IDS))
 def test_time_limit_truncates_at_max_episode_steps(env_id):
     env = _make(env_id, "reduced")
-    limit = sim.ENV_IDS[env_id][1]
+    limit = sim.ENV_IDS[env_id][1].max_episode_steps
     assert env.spec.max_episode_steps == limit == env.unwrapped.task.max_episode_steps
     env.reset(seed=0)
     hold = np.zeros(env.action_space.shape, dtype=np.float32)
