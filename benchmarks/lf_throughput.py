@@ -3,12 +3,13 @@
 All three run the same model (a task's "reduced" fidelity by default) on this machine, in
 control steps per second (one control step = `n_substeps` MuJoCo steps):
 
-- batched: `sim.batched.BatchedCollector.run`, a 64x64 Gaussian MLP policy evaluated once per
-  control step for the whole batch (torch, no_grad);
+- batched: `sim.batched.BatchedCollector.run` (a `mujoco.batch.Batch` stepped once per control
+  step), a 64x64 Gaussian MLP policy evaluated once per control step for the whole batch
+  (torch, `GaussianPolicy.act`);
 - per-env: `gymnasium.make(env_id)` stepped in a Python loop, the same policy evaluated per env
   per step (batch 1);
 - raw: one open-loop `mujoco.rollout` call for the whole horizon, controls precomputed, same
-  batch, threads and substeps (the ceiling the closed loop is measured against).
+  batch, number of threads and substeps (the ceiling the closed loop is measured against).
 
 The three are interleaved `--repeats` times, so load from other processes hits them alike;
 the median and the best run of each are reported (the best is the least disturbed).
@@ -87,12 +88,25 @@ def time_per_env(env_id: str, fidelity: str, steps: int, act: Callable, eps: np.
     return steps / elapsed
 
 
+def physics_states(model: mujoco.MjModel, qpos_adr: np.ndarray, qvel_adr: np.ndarray,
+                   q0: np.ndarray, v0: np.ndarray) -> np.ndarray:
+    """(N, nstate) mjSTATE_FULLPHYSICS start vectors: the model's defaults, these joints set."""
+    spec = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
+    data = mujoco.MjData(model)
+    states = np.empty((len(q0), mujoco.mj_stateSize(model, spec)))
+    for i, (q, v) in enumerate(zip(q0, v0, strict=True)):
+        mujoco.mj_resetData(model, data)
+        data.qpos[qpos_adr], data.qvel[qvel_adr] = q, v
+        mujoco.mj_getState(model, data, states[i], spec)
+    return states
+
+
 def time_raw(col: BatchedCollector, starts: tuple, horizon: int, nthread: int,
              seed: int) -> float:
     """Open-loop rollout rate in control steps per second (all controls precomputed)."""
     model, n = col.model, starts[0].shape[0]
     n_sub = col.n_substeps
-    state0 = col.physics_state(starts[0], starts[1])
+    state0 = physics_states(model, col.env.qpos_adr, col.env.qvel_adr, starts[0], starts[1])
     rng = np.random.default_rng(seed)
     lo, hi = model.actuator_ctrlrange[:, 0], model.actuator_ctrlrange[:, 1]
     ctrl = np.repeat(rng.uniform(lo, hi, size=(n, horizon, model.nu)), n_sub, axis=1)
@@ -113,7 +127,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--horizon", type=int, default=200, help="control steps per run")
     parser.add_argument("--nthread", type=int, default=os.cpu_count() or 1,
-                        help="rollout threads (default: CPU count)")
+                        help="stepping threads of both (default: CPU count)")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch intra-op threads for the policy")
     parser.add_argument("--per-env-steps", type=int, default=1000)
@@ -159,7 +173,7 @@ def main() -> None:
         "best_batched_over_per_env": best["batched"] / best["per_env"],
     }
     print(f"{env_id} [{args.fidelity}] batch {args.batch}, horizon {args.horizon}, "
-          f"{col.n_substeps} substep(s)/control step, {args.nthread} rollout thread(s), "
+          f"{col.n_substeps} substep(s)/control step, {args.nthread} thread(s), "
           f"policy: {policy_name}; control steps/s, median and best of {args.repeats}")
     for k, label in (("raw", "raw open-loop rollout"), ("batched", "batched closed loop"),
                      ("per_env", "per-env Gymnasium loop")):

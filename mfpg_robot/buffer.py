@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from mfpg_robot.policy import GaussianPolicy
+from mfpg_robot.policy import GaussianPolicy, Tanh
 from sim.state import RobotState
 
 
@@ -77,7 +77,7 @@ def numpy_mean_fn(policy: GaussianPolicy) -> Callable[[np.ndarray], np.ndarray]:
         if isinstance(m, torch.nn.Linear):
             w = m.weight.detach().numpy().astype(np.float64).T
             layers.append((w, m.bias.detach().numpy().astype(np.float64)))
-        elif isinstance(m, torch.nn.Tanh):
+        elif isinstance(m, (Tanh, torch.nn.Tanh)):
             layers.append(None)
         else:
             raise TypeError(f"numpy_mean_fn supports Linear and Tanh layers, got {m}")

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-import torch
 
 from mfpg_robot.buffer import RolloutBuffer, gaussian_logprob
 from mfpg_robot.policy import GaussianPolicy
@@ -132,9 +131,7 @@ def _run_chunked(
         e = eps[sl]
 
         def act(obs: np.ndarray, t: int, e: np.ndarray = e) -> np.ndarray:
-            with torch.no_grad():
-                mu = policy.mean(torch.as_tensor(obs)).double().numpy()
-            return mu + std * e[:, t]
+            return policy.rollout_mean(obs).astype(np.float64) + std * e[:, t]
 
         chunk_task = {k: val[sl] for k, val in task.items()}
         parts.append(collector.run(q0[sl], v0[sl], chunk_task, horizon, act))

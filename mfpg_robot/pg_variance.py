@@ -60,8 +60,7 @@ def simulate_hf_buffer(
     std = policy.std().detach().numpy().astype(np.float64)
 
     def act(obs: np.ndarray, t: int) -> np.ndarray:
-        with torch.no_grad():
-            return policy.mean(torch.as_tensor(obs)).double().numpy() + std * eps[:, t]
+        return policy.rollout_mean(obs).astype(np.float64) + std * eps[:, t]
 
     out = collector.run(q0, v0, task, horizon, act)
     rows, t = np.nonzero(out.alive)

@@ -24,12 +24,25 @@ def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias: float = 0.0) -
     return layer
 
 
+class Tanh(nn.Module):
+    """tanh, computed as 2 sigmoid(2x) - 1 (the same function; |error| < 3e-7 in float32).
+
+    The CPU float32 kernel of `torch.tanh` measured about 3x slower than `torch.sigmoid` on
+    this project's 2-core machine (0.12 vs 0.04 ms for 512x64 values), and the two hidden
+    activations were the largest part of the policy's time per LF control step. Holds no
+    parameters, so checkpoints are those of an `nn.Tanh` MLP.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x * 2.0) * 2.0 - 1.0
+
+
 def mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...], out_std: float) -> nn.Sequential:
     """Tanh MLP with orthogonal init; the last layer uses `out_std`."""
     layers: list[nn.Module] = []
     d = in_dim
     for h in hidden:
-        layers += [layer_init(nn.Linear(d, h)), nn.Tanh()]
+        layers += [layer_init(nn.Linear(d, h)), Tanh()]
         d = h
     layers.append(layer_init(nn.Linear(d, out_dim), std=out_std))
     return nn.Sequential(*layers)
@@ -62,8 +75,23 @@ class RunningObsNorm(nn.Module):
         self.count.copy_(total)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        z = (obs.to(torch.float64) - self.mean) / torch.sqrt(self.var + self.eps)
-        return z.clamp(-self.clip, self.clip).to(torch.float32)
+        """clip((obs - mean) / sqrt(var + eps)) in float32 (statistics kept in float64)."""
+        shift, scale = self._affine()
+        return ((obs.to(torch.float32) - shift) * scale).clamp(-self.clip, self.clip)
+
+    def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, 1 / sqrt(var + eps)) in float32, recomputed only when the statistics change.
+
+        The key holds the buffers' identities and in-place versions, so `update()`,
+        `load_state_dict()` and `.to()` all invalidate it.
+        """
+        key = (id(self.mean), self.mean._version, id(self.var), self.var._version)
+        if getattr(self, "_affine_key", None) != key:
+            with torch.no_grad():
+                scale = torch.rsqrt(self.var + self.eps).to(torch.float32)
+                self._affine_cache = (self.mean.to(torch.float32), scale)
+            self._affine_key = key
+        return self._affine_cache
 
 
 class GaussianPolicy(nn.Module):
@@ -97,11 +125,34 @@ class GaussianPolicy(nn.Module):
     def entropy(self) -> torch.Tensor:
         return (0.5 + 0.5 * math.log(2 * math.pi) + self.log_std).sum()
 
-    @torch.no_grad()
+    @torch.inference_mode()
+    def rollout_mean(self, obs: np.ndarray) -> np.ndarray:
+        """mu(obs) for a batch of raw observations, numpy in, float32 numpy out.
+
+        The rollout path (the batched LF collector calls it once per control step): the
+        values of `mean()` bit for bit, in fewer torch calls (no autograd bookkeeping,
+        linear layers as `addmm`, activations in place).
+        """
+        x = self.obs_norm(torch.as_tensor(obs, dtype=torch.float32))
+        layers = list(self.mu)
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, nn.Linear):
+                if not isinstance(layer, Tanh):  # a Tanh was applied with its Linear
+                    x = layer(x)
+                continue
+            if i + 1 < len(layers) and isinstance(layers[i + 1], Tanh):
+                # 2 * (x W^T + b) in the matmul (exact: a power of two), then 2 sigmoid - 1
+                x = torch.addmm(layer.bias, x, layer.weight.t(), beta=2.0, alpha=2.0)
+                x.sigmoid_().mul_(2.0).sub_(1.0)
+            else:
+                x = torch.addmm(layer.bias, x, layer.weight.t())
+        return x.numpy()
+
+    @torch.inference_mode()
     def act(self, obs: np.ndarray, eps: np.ndarray) -> np.ndarray:
         """a = mu(obs) + sigma * eps for a batch of raw observations (numpy in, numpy out)."""
-        mu = self.mean(torch.as_tensor(obs, dtype=torch.float32))
-        return (mu + self.std() * torch.as_tensor(eps, dtype=torch.float32)).numpy()
+        mu = torch.from_numpy(self.rollout_mean(obs))
+        return mu.add_(self.std() * torch.as_tensor(eps, dtype=torch.float32)).numpy()
 
 
 class Critic(nn.Module):

@@ -28,9 +28,16 @@ def command_bounds(robot: RobotConfig) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-def action_to_command(robot: RobotConfig, action: np.ndarray) -> np.ndarray:
-    """Map normalised actions (..., act_dim) in [-1, 1] to physical commands."""
-    lo, hi = command_bounds(robot)
+def action_to_command(
+    robot: RobotConfig,
+    action: np.ndarray,
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Map normalised actions (..., act_dim) in [-1, 1] to physical commands.
+
+    `bounds`: `command_bounds(robot)`, for callers that map every control step.
+    """
+    lo, hi = command_bounds(robot) if bounds is None else bounds
     return lo + (np.asarray(action, dtype=np.float64) + 1.0) * 0.5 * (hi - lo)
 
 

@@ -1,8 +1,9 @@
 """Batched low-fidelity collection: N copies of one model stepped together, closed loop.
 
-`BatchedCollector` advances every copy by one control step with a single `mujoco.rollout`
-call on a persistent thread pool (one MjData per thread), then evaluates the policy once for
-the whole batch. Actions, commands, observations, rewards and terminations go through exactly
+`BatchedCollector` keeps the copies in a `mujoco.batch.Batch` (one state row per copy, stepped
+on a persistent thread pool that includes the calling thread), advances every live copy by
+one control step with a single `Batch.step` call, then evaluates the policy once for the
+whole batch. Actions, commands, observations, rewards and terminations go through exactly
 the code of `RobotSimEnv.step` (clip to [-1, 1], `sim.actuation.action_to_command`, the shared
 `Task`, the model's sensor effects), so a batch row reproduces the per-env Gymnasium loop:
 
@@ -10,10 +11,11 @@ the code of `RobotSimEnv.step` (clip to [-1, 1], `sim.actuation.action_to_comman
     q0, v0, task_state = collector.sample_starts(512, np.random.default_rng(0))
     out = collector.run(q0, v0, task_state, horizon=200, act_fn=lambda obs, t: policy(obs))
 
-Agreement with the per-env loop is bitwise while no constraint is active. `mujoco.rollout`
-restarts the constraint solver's warmstart (`qacc_warmstart`) at every call, so while a joint
-limit or contact is active the two agree to the solver's tolerance. A MuJoCo warning (e.g. an
-unstable simulation) freezes that copy at its last state, where `mj_step` would reset it.
+Agreement with the per-env loop is bitwise, joint limits and contacts included: a state row
+holds the integration state (the solver's warmstart too), and a step is `mj_step` on it, so a
+MuJoCo warning (e.g. an unstable simulation) resets that copy exactly as `mj_step` does.
+`mujoco.rollout`, used before, restarted the warmstart at every call and was slower here (a
+closed loop calls it once per control step; see benchmarks/lf_throughput.py).
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from dataclasses import dataclass
 import gymnasium as gym
 import mujoco
 import numpy as np
-from mujoco import rollout
+from mujoco import batch as mj_batch
 
-from sim.actuation import action_to_command
+from sim.actuation import action_to_command, command_bounds
 from sim.envs.base import RobotSimEnv, SensorModel
 from sim.robot_config import RobotConfig
 from sim.starts import sample_start_state
@@ -35,8 +37,7 @@ from sim.state import RobotState
 from sim.tasks.base import Task, TaskState
 
 ActFn = Callable[[np.ndarray, int], np.ndarray]
-_FULL = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
-_CTRL = mujoco.mjtState.mjSTATE_CTRL.value
+_NO_STAGE = mujoco.mjtStage.mjSTAGE_NONE.value
 
 
 @dataclass(frozen=True)
@@ -97,10 +98,10 @@ class BatchedCollector:
 
     `env`: a registered env id (e.g. "mfpg/FurutaSwingup-v0") or a `(task, robot)` pair
     (robot: a name, a YAML path, a `RobotConfig`, or None for the task's own robot).
-    `nthread`: rollout threads (default: the CPU count; 1 runs on the calling thread).
-    Every call to `run` may use any batch size N with 1 <= N <= n_envs; buffers are sized for
-    `n_envs` once (so one `run` at a time per collector). Call `close()` (or use it as a
-    context manager) to stop the thread pool.
+    `nthread`: stepping threads, the calling thread included (default: the CPU count; 1 runs
+    on the calling thread alone). Every call to `run` may use any batch size N with
+    1 <= N <= n_envs (copies 0..N-1 of the batch); one `run` at a time per collector. Call
+    `close()` (or use it as a context manager) to release the thread pool.
     """
 
     def __init__(
@@ -128,21 +129,16 @@ class BatchedCollector:
         self._task_dims = {k: np.shape(val) for k, val in probe.items()}
         self._sensor = _BatchSensor(self.env.sensor)
 
-        m = self.model
-        self._pool = rollout.Rollout(nthread=self.nthread if self.nthread > 1 else 0)
-        self._datas = [mujoco.MjData(m) for _ in range(self.nthread)]
-        self._models = [m] * self.n_envs
-        nstate = mujoco.mj_stateSize(m, _FULL)
-        qpos_off = mujoco.mj_stateSize(m, mujoco.mjtState.mjSTATE_TIME.value)
-        qvel_off = qpos_off + m.nq
-        self._q_idx = qpos_off + np.asarray(self.env.qpos_adr)
-        self._v_idx = qvel_off + np.asarray(self.env.qvel_adr)
-        mujoco.mj_resetData(m, self._datas[0])
-        self._state_reset = np.empty(nstate)
-        mujoco.mj_getState(m, self._datas[0], self._state_reset, _FULL)
-        self._state0 = np.empty((self.n_envs, nstate))
-        self._state_out = np.empty((self.n_envs, self.n_substeps, nstate))
-        self._ctrl = np.zeros((self.n_envs, self.n_substeps, m.nu))
+        self._sims: mj_batch.Batch | None = mj_batch.Batch(
+            self.model, nsim=self.n_envs, nthread=self.nthread
+        )
+        # live views of the state rows (qpos, qvel, ctrl of every copy)
+        self._qpos = self._sims.bind("qpos")
+        self._qvel = self._sims.bind("qvel")
+        self._ctrl = self._sims.bind("ctrl")
+        self._command_bounds = command_bounds(self.robot)
+        self._qpos_adr = np.asarray(self.env.qpos_adr)
+        self._qvel_adr = np.asarray(self.env.qvel_adr)
         act_ids = np.asarray(self.env.act_ids)
         contiguous = np.array_equal(act_ids, np.arange(act_ids[0], act_ids[0] + len(act_ids)))
         self._ctrl_cols = slice(act_ids[0], act_ids[-1] + 1) if contiguous else act_ids
@@ -150,13 +146,13 @@ class BatchedCollector:
     # -- lifecycle ------------------------------------------------------------------------
     @property
     def closed(self) -> bool:
-        """True once `close()` has stopped the thread pool."""
-        return self._pool.rollout_ is None
+        """True once `close()` has released the batch and its thread pool."""
+        return self._sims is None
 
     def close(self) -> None:
-        """Stop the rollout thread pool (the collector cannot run afterwards)."""
-        if not self.closed:
-            self._pool.close()
+        """Release the batch and its thread pool (the collector cannot run afterwards)."""
+        self._sims = None
+        self._qpos = self._qvel = self._ctrl = np.empty(0)
 
     def __enter__(self) -> BatchedCollector:
         return self
@@ -185,12 +181,6 @@ class BatchedCollector:
             starts.append((q, v, task))
         return _stack_starts(starts, self.joint_names, self._task_dims)
 
-    def physics_state(self, q0: np.ndarray, v0: np.ndarray) -> np.ndarray:
-        """(N, nstate) mjSTATE_FULLPHYSICS vectors: the reset state with these joints set."""
-        state = np.repeat(self._state_reset[None], len(q0), axis=0)
-        state[:, self._q_idx], state[:, self._v_idx] = q0, v0
-        return state
-
     # -- collection -----------------------------------------------------------------------
     def run(
         self,
@@ -206,13 +196,17 @@ class BatchedCollector:
         (N, act_dim) normalised actions; it is called once per step for the whole batch
         (rows of envs that already terminated are ignored). Stops early once all terminated.
         """
+        if self._sims is None:
+            raise RuntimeError("the collector is closed (close() released its thread pool); "
+                               "make a new BatchedCollector")
+        sims = self._sims
         q0, v0, task = self._check_inputs(q0, v0, task_state, horizon, act_fn)
         n, horizon = q0.shape[0], int(horizon)
-        state0, state_out = self._state0[:n], self._state_out[:n]
-        ctrl, models = self._ctrl[:n], self._models[:n]
-        cols = self._ctrl_cols
-        state0[:] = self.physics_state(q0, v0)
-        ctrl.fill(0.0)
+        qpos, qvel, ctrl = self._qpos[:n], self._qvel[:n], self._ctrl[:n]
+        qadr, vadr, cols = self._qpos_adr, self._qvel_adr, self._ctrl_cols
+        step_ids = None if n == self.n_envs else np.arange(n, dtype=np.int32)  # None: all
+        sims.reset(step_ids, stage=_NO_STAGE)  # the model's defaults (time 0, ctrl 0) ...
+        qpos[:, qadr], qvel[:, vadr] = q0, v0  # ... with the start joints
 
         obs = np.zeros((horizon + 1, n, self.obs_dim), dtype=np.float32)
         actions = np.zeros((horizon, n, self.act_dim))
@@ -229,20 +223,19 @@ class BatchedCollector:
             act = self._checked_action(act_fn(obs[t], t), n, t, done)
             actions[t] = act
             a = np.clip(actions[t], -1.0, 1.0)
-            ctrl[:, :, cols] = action_to_command(self.robot, a)[:, None, :]
-            self._pool.rollout(
-                models, self._datas, state0, ctrl, control_spec=_CTRL, skip_checks=True,
-                nstep=self.n_substeps, state=state_out,
-            )
-            state0[:] = state_out[:, -1]
-            q, v = self._sensor.measure(state0[:, self._q_idx], state0[:, self._v_idx])
+            ctrl[:, cols] = action_to_command(self.robot, a, self._command_bounds)
+            sims.step(step_ids, nstep=self.n_substeps)
+            q, v = self._sensor.measure(qpos[:, qadr], qvel[:, vadr])
             qs[t + 1], vs[t + 1] = q, v
             terminated[t] = self.task.terminated(q, v, task)
             obs[t + 1] = self.task.observe(q, v, task)
             np.logical_not(done, out=alive[t])
-            done |= terminated[t]
-            if done.all():
-                break
+            ended = terminated[t] & alive[t]
+            if ended.any():
+                done |= ended
+                if done.all():
+                    break
+                step_ids = np.flatnonzero(~done).astype(np.int32)  # step live copies only
         rewards = self._rewards(qs, vs, actions, task, alive)
         return self._finish(obs, actions, rewards, terminated, alive, qs, vs)
 
