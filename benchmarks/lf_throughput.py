@@ -12,7 +12,10 @@ control steps per second (one control step = `n_substeps` MuJoCo steps):
   batch, number of threads and substeps (the ceiling the closed loop is measured against).
 
 The three are interleaved `--repeats` times, so load from other processes hits them alike;
-the median and the best run of each are reported (the best is the least disturbed).
+the median and the best run of each are reported (the best is the least disturbed), and
+the median of the paired ratios (each batched run over the raw run just before it, which
+saw the same machine conditions): the figure the >= 50% target is judged on. On a shared
+2-core VM single runs vary by +-20%, so use 15 or more repeats for a figure to quote.
 
     python benchmarks/lf_throughput.py --robot furuta --batch 512 --json out.json
 """
@@ -131,7 +134,7 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch intra-op threads for the policy")
     parser.add_argument("--per-env-steps", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=str, default=None, help="write the results here")
     args = parser.parse_args()
@@ -167,6 +170,8 @@ def main() -> None:
         "control_steps_per_s": {k: [round(x) for x in v] for k, v in rates.items()},
         "median_control_steps_per_s": {k: round(v) for k, v in med.items()},
         "best_control_steps_per_s": {k: round(v) for k, v in best.items()},
+        "paired_batched_over_raw": statistics.median(
+            b / r for b, r in zip(rates["batched"], rates["raw"], strict=True)),
         "batched_over_raw": med["batched"] / med["raw"],
         "batched_over_per_env": med["batched"] / med["per_env"],
         "best_batched_over_raw": best["batched"] / best["raw"],
@@ -178,8 +183,9 @@ def main() -> None:
     for k, label in (("raw", "raw open-loop rollout"), ("batched", "batched closed loop"),
                      ("per_env", "per-env Gymnasium loop")):
         print(f"  {label:24s} median {med[k]:>10,.0f}   best {best[k]:>10,.0f}")
-    print(f"  batched / raw     = {result['batched_over_raw']:.0%} median, "
-          f"{result['best_batched_over_raw']:.0%} best  (target >= 50%)")
+    print(f"  batched / raw     = {result['paired_batched_over_raw']:.0%} median of paired runs "
+          f"(target >= 50%); {result['batched_over_raw']:.0%} of medians, "
+          f"{result['best_batched_over_raw']:.0%} of bests")
     print(f"  batched / per-env = {result['batched_over_per_env']:.1f}x median, "
           f"{result['best_batched_over_per_env']:.1f}x best  (target >= 5x)")
     if args.json:
