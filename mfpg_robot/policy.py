@@ -77,7 +77,8 @@ class RunningObsNorm(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """clip((obs - mean) / sqrt(var + eps)) in float32 (statistics kept in float64)."""
         shift, scale = self._affine()
-        return ((obs.to(torch.float32) - shift) * scale).clamp(-self.clip, self.clip)
+        z = obs.to(torch.float32) - shift  # a new tensor: the rest works in place on it
+        return z.mul_(scale).clamp_(-self.clip, self.clip)
 
     def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, 1 / sqrt(var + eps)) in float32, recomputed only when the statistics change.
@@ -151,8 +152,8 @@ class GaussianPolicy(nn.Module):
     @torch.inference_mode()
     def act(self, obs: np.ndarray, eps: np.ndarray) -> np.ndarray:
         """a = mu(obs) + sigma * eps for a batch of raw observations (numpy in, numpy out)."""
-        mu = torch.from_numpy(self.rollout_mean(obs))
-        return mu.add_(self.std() * torch.as_tensor(eps, dtype=torch.float32)).numpy()
+        std = self.std().numpy()
+        return self.rollout_mean(obs) + std * np.asarray(eps, dtype=np.float32)
 
 
 class Critic(nn.Module):

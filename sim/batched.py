@@ -137,11 +137,10 @@ class BatchedCollector:
         self._qvel = self._sims.bind("qvel")
         self._ctrl = self._sims.bind("ctrl")
         self._command_bounds = command_bounds(self.robot)
-        self._qpos_adr = np.asarray(self.env.qpos_adr)
-        self._qvel_adr = np.asarray(self.env.qvel_adr)
-        act_ids = np.asarray(self.env.act_ids)
-        contiguous = np.array_equal(act_ids, np.arange(act_ids[0], act_ids[0] + len(act_ids)))
-        self._ctrl_cols = slice(act_ids[0], act_ids[-1] + 1) if contiguous else act_ids
+        # column selectors of the joints and actuators: slices (views, no copy) where contiguous
+        self._qpos_adr = _columns(self.env.qpos_adr)
+        self._qvel_adr = _columns(self.env.qvel_adr)
+        self._ctrl_cols = _columns(self.env.act_ids)
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -249,6 +248,15 @@ class BatchedCollector:
         The task's reward is a pure row-wise function of (q, v, clipped action, task), so one
         call over all alive steps gives what a call per step would, at a fraction of the cost.
         """
+        if alive.all():  # no masks to gather through: score every row as it lies
+            t, n = alive.shape
+            rows = {k: np.broadcast_to(val, (t, *val.shape)).reshape(t * n, *val.shape[1:])
+                    for k, val in task.items()}
+            scored = self.task.reward(
+                qs[1:].reshape(t * n, -1), vs[1:].reshape(t * n, -1),
+                np.clip(actions.reshape(t * n, -1), -1.0, 1.0), rows,
+            )
+            return scored.reshape(t, n)
         rewards = np.zeros(alive.shape)
         if alive.any():
             env_idx = np.nonzero(alive)[1]
@@ -314,8 +322,9 @@ class BatchedCollector:
     ) -> BatchRollout:
         """Zero every value after termination and turn time-major buffers batch-major."""
         dead = ~alive
-        obs[1:][dead], actions[dead], qs[1:][dead], vs[1:][dead] = 0.0, 0.0, 0.0, 0.0
-        terminated[dead] = False
+        if dead.any():
+            obs[1:][dead], actions[dead], qs[1:][dead], vs[1:][dead] = 0.0, 0.0, 0.0, 0.0
+            terminated[dead] = False
 
         def batch_major(x: np.ndarray) -> np.ndarray:
             return np.ascontiguousarray(np.swapaxes(x, 0, 1))
@@ -325,6 +334,14 @@ class BatchedCollector:
             terminated=batch_major(terminated), alive=batch_major(alive),
             q=batch_major(qs), v=batch_major(vs),
         )
+
+
+def _columns(index: np.ndarray) -> slice | np.ndarray:
+    """`index` as a slice where it is a run of consecutive integers, else as an array."""
+    index = np.asarray(index)
+    if np.array_equal(index, np.arange(index[0], index[0] + len(index))):
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return index
 
 
 def _make_env(env: str | tuple[Task, str | RobotConfig | None], fidelity: str) -> RobotSimEnv:
