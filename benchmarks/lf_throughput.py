@@ -5,7 +5,7 @@ control steps per second (one control step = `n_substeps` MuJoCo steps):
 
 - batched: `sim.batched.BatchedCollector.run` (a `mujoco.batch.Batch` stepped once per control
   step), a 64x64 Gaussian MLP policy evaluated once per control step for the whole batch
-  (torch, `GaussianPolicy.act`);
+  (torch, `GaussianPolicy.rollout_policy().act`);
 - per-env: `gymnasium.make(env_id)` stepped in a Python loop, the same policy evaluated per env
   per step (batch 1);
 - raw: one open-loop `mujoco.rollout` call for the whole horizon, controls precomputed, same
@@ -60,8 +60,7 @@ def make_policy(obs_dim: int, act_dim: int, seed: int) -> tuple[Callable, str]:
 
         return act, "torch 64x64 tanh MLP"
     policy = GaussianPolicy(obs_dim, act_dim, hidden=(64, 64), log_std_init=np.log(0.5))
-    policy.eval()
-    return policy.act, "mfpg_robot.policy.GaussianPolicy 64x64"
+    return policy.rollout_policy().act, "mfpg_robot.policy.GaussianPolicy 64x64"
 
 
 def time_batched(col: BatchedCollector, starts: tuple, horizon: int, act: Callable,

@@ -123,7 +123,8 @@ def _run_chunked(
     task: TaskState, eps: np.ndarray,
 ) -> BatchRollout:
     """Roll out copies i with actions mu(obs) + sigma * eps[i, t], in chunks of `n_envs`."""
-    std = policy.std().detach().numpy().astype(np.float64)
+    frozen = policy.rollout_policy()
+    std = frozen.std.astype(np.float64)
     horizon = eps.shape[1]
     parts = []
     for lo in range(0, q0.shape[0], collector.n_envs):
@@ -131,7 +132,7 @@ def _run_chunked(
         e = eps[sl]
 
         def act(obs: np.ndarray, t: int, e: np.ndarray = e) -> np.ndarray:
-            return policy.rollout_mean(obs).astype(np.float64) + std * e[:, t]
+            return frozen.mean(obs).astype(np.float64) + std * e[:, t]
 
         chunk_task = {k: val[sl] for k, val in task.items()}
         parts.append(collector.run(q0[sl], v0[sl], chunk_task, horizon, act))

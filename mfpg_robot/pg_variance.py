@@ -57,10 +57,11 @@ def simulate_hf_buffer(
     """
     q0, v0, task = (start_sampler or collector.sample_starts)(n_episodes, rng)
     eps = rng.standard_normal((n_episodes, horizon, policy.act_dim))
-    std = policy.std().detach().numpy().astype(np.float64)
+    frozen = policy.rollout_policy()
+    std = frozen.std.astype(np.float64)
 
     def act(obs: np.ndarray, t: int) -> np.ndarray:
-        return policy.rollout_mean(obs).astype(np.float64) + std * eps[:, t]
+        return frozen.mean(obs).astype(np.float64) + std * eps[:, t]
 
     out = collector.run(q0, v0, task, horizon, act)
     rows, t = np.nonzero(out.alive)

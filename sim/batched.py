@@ -20,6 +20,7 @@ closed loop calls it once per control step; see benchmarks/lf_throughput.py).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -207,63 +208,66 @@ class BatchedCollector:
         sims.reset(step_ids, stage=_NO_STAGE)  # the model's defaults (time 0, ctrl 0) ...
         qpos[:, qadr], qvel[:, vadr] = q0, v0  # ... with the start joints
 
-        obs = np.zeros((horizon + 1, n, self.obs_dim), dtype=np.float32)
-        actions = np.zeros((horizon, n, self.act_dim))
-        terminated = np.zeros((horizon, n), dtype=bool)
-        alive = np.zeros((horizon, n), dtype=bool)
-        qs = np.zeros((horizon + 1, n, len(self.joint_names)))
+        # batch-major buffers, written a column (step) at a time
+        obs = np.zeros((n, horizon + 1, self.obs_dim), dtype=np.float32)
+        actions = np.zeros((n, horizon, self.act_dim))
+        terminated = np.zeros((n, horizon), dtype=bool)
+        qs = np.zeros((n, horizon + 1, len(self.joint_names)))
         vs = np.zeros_like(qs)
+        lengths = np.full(n, horizon)  # steps each env took
         done = np.zeros(n, dtype=bool)
+        clipped = np.empty((n, self.act_dim))
 
         q, v = self._sensor.reset(q0, v0)
-        qs[0], vs[0] = q, v
-        obs[0] = self.task.observe(q, v, task)
+        qs[:, 0], vs[:, 0] = q, v
+        obs_t = self._observe(q, v, task)
+        obs[:, 0] = obs_t
+        steps = horizon  # steps run: fewer if every env terminated early
         for t in range(horizon):
-            act = self._checked_action(act_fn(obs[t], t), n, t, done)
-            actions[t] = act
-            a = np.clip(actions[t], -1.0, 1.0)
-            ctrl[:, cols] = action_to_command(self.robot, a, self._command_bounds)
+            act = self._checked_action(act_fn(obs_t, t), n, t, done)
+            actions[:, t] = act
+            np.minimum(np.maximum(act, -1.0, out=clipped), 1.0, out=clipped)  # = np.clip
+            ctrl[:, cols] = action_to_command(self.robot, clipped, self._command_bounds)
             sims.step(step_ids, nstep=self.n_substeps)
             q, v = self._sensor.measure(qpos[:, qadr], qvel[:, vadr])
-            qs[t + 1], vs[t + 1] = q, v
-            terminated[t] = self.task.terminated(q, v, task)
-            obs[t + 1] = self.task.observe(q, v, task)
-            np.logical_not(done, out=alive[t])
-            ended = terminated[t] & alive[t]
+            qs[:, t + 1], vs[:, t + 1] = q, v
+            obs_t = self._observe(q, v, task)
+            obs[:, t + 1] = obs_t
+            ended = np.greater(self.task.terminated(q, v, task), done)  # newly terminated
             if ended.any():
+                terminated[ended, t] = True
+                lengths[ended] = t + 1
                 done |= ended
                 if done.all():
+                    steps = t + 1
                     break
                 step_ids = np.flatnonzero(~done).astype(np.int32)  # step live copies only
-        rewards = self._rewards(qs, vs, actions, task, alive)
-        return self._finish(obs, actions, rewards, terminated, alive, qs, vs)
+        rewards = self._rewards(qs, vs, actions, task, steps)
+        return self._finish(obs, actions, rewards, terminated, lengths, qs, vs)
 
     # -- helpers --------------------------------------------------------------------------
+    def _observe(self, q: np.ndarray, v: np.ndarray, task: TaskState) -> np.ndarray:
+        """The task's (N, obs_dim) observations as a contiguous float32 array."""
+        return np.ascontiguousarray(self.task.observe(q, v, task), dtype=np.float32)
+
     def _rewards(
-        self, qs: np.ndarray, vs: np.ndarray, actions: np.ndarray, task: TaskState,
-        alive: np.ndarray,
+        self, qs: np.ndarray, vs: np.ndarray, actions: np.ndarray, task: TaskState, steps: int,
     ) -> np.ndarray:
-        """(T, N) rewards of the alive steps, scored after the loop in one vectorised call.
+        """(N, T) rewards of the first `steps` steps, scored in one vectorised call.
 
         The task's reward is a pure row-wise function of (q, v, clipped action, task), so one
-        call over all alive steps gives what a call per step would, at a fraction of the cost.
+        call over every (env, step) row gives what a call per step would, at a fraction of
+        the cost; rows after an env terminated are scored too and zeroed by `_finish`.
         """
-        if alive.all():  # no masks to gather through: score every row as it lies
-            t, n = alive.shape
-            rows = {k: np.broadcast_to(val, (t, *val.shape)).reshape(t * n, *val.shape[1:])
-                    for k, val in task.items()}
-            scored = self.task.reward(
-                qs[1:].reshape(t * n, -1), vs[1:].reshape(t * n, -1),
-                np.clip(actions.reshape(t * n, -1), -1.0, 1.0), rows,
-            )
-            return scored.reshape(t, n)
-        rewards = np.zeros(alive.shape)
-        if alive.any():
-            env_idx = np.nonzero(alive)[1]
-            rewards[alive] = self.task.reward(
-                qs[1:][alive], vs[1:][alive], np.clip(actions[alive], -1.0, 1.0),
-                {k: val[env_idx] for k, val in task.items()},
-            )
+        n, horizon = actions.shape[:2]
+        rows = n * steps
+        rewards = np.zeros((n, horizon))
+        rewards[:, :steps] = self.task.reward(
+            qs[:, 1:steps + 1].reshape(rows, -1),
+            vs[:, 1:steps + 1].reshape(rows, -1),
+            np.clip(actions[:, :steps].reshape(rows, -1), -1.0, 1.0),
+            {k: np.repeat(val, steps, axis=0) for k, val in task.items()},
+        ).reshape(n, steps)
         return rewards
 
     def _checked_action(self, act: np.ndarray, n: int, t: int, done: np.ndarray) -> np.ndarray:
@@ -273,13 +277,13 @@ class BatchedCollector:
                 f"act_fn returned shape {act.shape} at step {t}; expected (N, act_dim) = "
                 f"({n}, {self.act_dim})"
             )
-        if not np.isfinite(act).all():
-            bad = ~np.isfinite(act).all(axis=1)
-            if np.any(bad & ~done):
-                raise ValueError(f"act_fn returned non-finite actions for envs "
-                                 f"{np.flatnonzero(bad & ~done)[:10].tolist()} at step {t}")
-            act = np.where(bad[:, None], 0.0, act)
-        return act
+        if math.isfinite(act.sum()):  # one reduction for the common case: all finite
+            return act
+        bad = ~np.isfinite(act).all(axis=1)
+        if np.any(bad & ~done):
+            raise ValueError(f"act_fn returned non-finite actions for envs "
+                             f"{np.flatnonzero(bad & ~done)[:10].tolist()} at step {t}")
+        return np.where(bad[:, None], 0.0, act)
 
     def _check_inputs(
         self, q0: np.ndarray, v0: np.ndarray, task_state: TaskState, horizon: int, act_fn: ActFn
@@ -318,22 +322,17 @@ class BatchedCollector:
     @staticmethod
     def _finish(
         obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, terminated: np.ndarray,
-        alive: np.ndarray, qs: np.ndarray, vs: np.ndarray,
+        lengths: np.ndarray, qs: np.ndarray, vs: np.ndarray,
     ) -> BatchRollout:
-        """Zero every value after termination and turn time-major buffers batch-major."""
-        dead = ~alive
-        if dead.any():
-            obs[1:][dead], actions[dead], qs[1:][dead], vs[1:][dead] = 0.0, 0.0, 0.0, 0.0
-            terminated[dead] = False
-
-        def batch_major(x: np.ndarray) -> np.ndarray:
-            return np.ascontiguousarray(np.swapaxes(x, 0, 1))
-
-        return BatchRollout(
-            obs=batch_major(obs), actions=batch_major(actions), rewards=batch_major(rewards),
-            terminated=batch_major(terminated), alive=batch_major(alive),
-            q=batch_major(qs), v=batch_major(vs),
-        )
+        """Zero every value after each env's termination; package the buffers."""
+        horizon = actions.shape[1]
+        for i in np.flatnonzero(lengths < horizon):
+            n_steps = lengths[i]
+            obs[i, n_steps + 1:], qs[i, n_steps + 1:], vs[i, n_steps + 1:] = 0.0, 0.0, 0.0
+            actions[i, n_steps:], rewards[i, n_steps:] = 0.0, 0.0
+        alive = np.arange(horizon) < lengths[:, None]
+        return BatchRollout(obs=obs, actions=actions, rewards=rewards, terminated=terminated,
+                            alive=alive, q=qs, v=vs)
 
 
 def _columns(index: np.ndarray) -> slice | np.ndarray:

@@ -61,9 +61,10 @@ class FurutaSwingup(Task):
     def observe(self, q: np.ndarray, v: np.ndarray, task: TaskState) -> np.ndarray:
         """(B, 6) observations; see the module docstring."""
         obs = np.empty((q.shape[0], self.obs_dim), dtype=np.float32)
-        obs[:, 0:4:2] = np.sin(q)  # sin theta, sin alpha
-        obs[:, 1:4:2] = np.cos(q)  # cos theta, cos alpha
-        obs[:, 4:6] = v / VELOCITY_SCALE
+        # computed in float64, rounded once into the float32 columns
+        np.sin(q, out=obs[:, 0:4:2])  # sin theta, sin alpha
+        np.cos(q, out=obs[:, 1:4:2])  # cos theta, cos alpha
+        np.divide(v, VELOCITY_SCALE, out=obs[:, 4:6])
         return obs
 
     def reward(
