@@ -159,6 +159,8 @@ def main() -> None:
     col.close()
 
     med = {k: statistics.median(v) for k, v in rates.items()}
+    paired = [b / r for b, r in zip(rates["batched"], rates["raw"], strict=True)]
+    quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else [paired[0]] * 3
     best = {k: max(v) for k, v in rates.items()}
     result = {
         "env_id": env_id, "fidelity": args.fidelity, "batch": args.batch,
@@ -169,8 +171,8 @@ def main() -> None:
         "control_steps_per_s": {k: [round(x) for x in v] for k, v in rates.items()},
         "median_control_steps_per_s": {k: round(v) for k, v in med.items()},
         "best_control_steps_per_s": {k: round(v) for k, v in best.items()},
-        "paired_batched_over_raw": statistics.median(
-            b / r for b, r in zip(rates["batched"], rates["raw"], strict=True)),
+        "paired_batched_over_raw": statistics.median(paired),
+        "paired_batched_over_raw_quartiles": quartiles,
         "batched_over_raw": med["batched"] / med["raw"],
         "batched_over_per_env": med["batched"] / med["per_env"],
         "best_batched_over_raw": best["batched"] / best["raw"],
@@ -185,6 +187,8 @@ def main() -> None:
     print(f"  batched / raw     = {result['paired_batched_over_raw']:.0%} median of paired runs "
           f"(target >= 50%); {result['batched_over_raw']:.0%} of medians, "
           f"{result['best_batched_over_raw']:.0%} of bests")
+    print(f"                      paired runs: min {min(paired):.0%}, quartiles "
+          f"{quartiles[0]:.0%} / {quartiles[1]:.0%} / {quartiles[2]:.0%}, max {max(paired):.0%}")
     print(f"  batched / per-env = {result['batched_over_per_env']:.1f}x median, "
           f"{result['best_batched_over_per_env']:.1f}x best  (target >= 5x)")
     if args.json:
