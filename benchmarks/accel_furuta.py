@@ -50,14 +50,15 @@ SMOOTH_ITERS = 2  # iterations whose finished episodes form the threshold test's
 def evaluate(policy: GaussianPolicy, episodes: int) -> float:
     """Mean return of the mean-action policy on the HF twin over seeded episodes."""
     env = gym.make(ENV, fidelity="twin")
-    zero = np.zeros((1, policy.act_dim))
     total = 0.0
     try:
         for i in range(episodes):
             obs, _ = env.reset(seed=EVAL_SEED + i)
             done = False
             while not done:
-                action = policy.act(np.asarray(obs, dtype=np.float32)[None], zero)[0]
+                with torch.no_grad():
+                    action = policy.mean(torch.as_tensor(obs, dtype=torch.float32)[None])[0]
+                action = action.numpy()
                 obs, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
                 done = terminated or truncated
