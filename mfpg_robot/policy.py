@@ -194,7 +194,7 @@ class RolloutPolicy(NamedTuple):
     def mean(self, obs: np.ndarray) -> np.ndarray:
         """mu(obs) for a batch of raw observations, numpy in, float32 numpy out.
 
-        Every tensor of the plan is a constant (no grad), so autograd records nothing and
+        Every tensor of the snapshot is a constant (no grad), so autograd records nothing and
         no grad-mode context (~15 us a call) is needed.
         """
         x = torch.as_tensor(obs, dtype=torch.float32) - self.shift
