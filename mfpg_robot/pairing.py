@@ -12,7 +12,9 @@ left, capped by the time limit), never by how the HF episode went, so a paired L
 is distributed exactly like an LF episode from a random start: the reference pool is
 `pool_per_hf` such episodes per paired one, from starts drawn like the HF starts and with
 independent noise. (A pool whose starts are distributed differently biases the estimate.)
-Rows of an episode that began in an earlier rollout are left unpaired.
+Rows of an episode that began in an earlier rollout (a fragment) are paired the same way
+from the measured state of the rollout's first row, for the whole rollout (capped by the
+time limit), and their references start from that same state (docs/mfpg.md).
 
 `synced` (ours). From every HF row's measured state s_t, a k-step LF segment replays
 eps_t..eps_{t+k-1} (fresh noise past the HF episode's end), so its first action is the HF
@@ -239,12 +241,21 @@ class SyncedPairing:
 
 
 class EpisodePairing:
-    """LF episodes from the HF episode starts with the HF noise, plus an independent pool.
+    """LF episodes from the HF episode starts with the HF noise, plus reference episodes.
 
-    `same_starts=True` (ours): the reference episodes start from the paired episode's own
-    start state instead of a start distribution. The correction is then zero-mean given the
-    starts, whatever their distribution (on a robot, the reset procedure's distribution is
-    not the simulator's); the start-state part of the variance is no longer shared.
+    Every HF episode with rows in the rollout gets one paired LF episode: from its measured
+    start state if it starts in the rollout, else (a fragment: the episode began in an earlier
+    rollout) from the measured state of the rollout's first row. Its horizon is the rows left
+    in the rollout from there, capped by the time limit; `pool_per_hf` reference episodes with
+    fresh noise and the same horizon go with each.
+
+    References of an episode that starts in the rollout start from the pool's start
+    distribution (`pool_starts`, default the LF env's own) or, with `same_starts=True` (ours),
+    from the paired episode's own start state: then the correction is zero-mean given the
+    starts, whatever their distribution (on a robot, the reset procedure's distribution is not
+    the simulator's), but the start-state part of the variance is no longer shared.
+    References of a fragment always start from the fragment's first state: mid-episode states
+    have no known distribution to draw a pool from.
 
     `whole_episodes=True` is for buffers made of complete episodes (benchmarks, where the
     buffer's length is the sum of the episode lengths): every LF episode then gets the full
@@ -278,51 +289,57 @@ class EpisodePairing:
     ) -> LFSamples:
         states = _require_states(buffer)
         n_rows, act_dim = len(buffer), buffer.eps.shape[1]
-        starts = np.flatnonzero(buffer.episode_start)
         log_std = policy.log_std.detach().numpy().astype(np.float64)
-        if starts.size == 0:
-            return _empty(policy.obs_dim, act_dim)
-        ends = np.flatnonzero(buffer.dones)
-        # HF fragment of episode i: rows starts[i] .. frag_end[i]-1 (its end or the rollout's)
-        after = np.searchsorted(ends, starts)
-        frag_end = np.where(after < ends.size, ends[np.minimum(after, ends.size - 1)] + 1, n_rows)
-        hf_len = frag_end - starts
-        horizon = np.minimum(n_rows - starts, self.max_episode_steps)
+        # LF episode i pairs HF rows first[i] .. first[i] + hf_len[i] - 1 (to its end or the
+        # rollout's); row 0 opens a fragment when it continues an earlier rollout's episode
+        starts = np.flatnonzero(buffer.episode_start)
+        fragment = not buffer.episode_start[0]
+        first = np.concatenate([[0], starts]) if fragment else starts
+        own = np.full(first.size, self.same_starts)  # references from the episode's own start
+        own[0] |= fragment
+        ends = np.append(np.flatnonzero(buffer.dones) + 1, n_rows)
+        hf_len = ends[np.searchsorted(ends, first, side="right")] - first
+        horizon = np.minimum(n_rows - first, self.max_episode_steps)
         if self.whole_episodes:
-            horizon = np.full(starts.size, self.max_episode_steps)
+            horizon = np.full(first.size, self.max_episode_steps)
         h_max = int(horizon.max())
 
-        eps = rng.standard_normal((starts.size, h_max, act_dim))
-        for i, (s, length) in enumerate(zip(starts, hf_len, strict=True)):
+        eps = rng.standard_normal((first.size, h_max, act_dim))
+        for i, (s, length) in enumerate(zip(first, hf_len, strict=True)):
             eps[i, :length] = buffer.eps[s : s + length]
-        q, v, task = self.collector.batch_states([states[s] for s in starts])
+        q, v, task = self.collector.batch_states([states[s] for s in first])
         out = _run_chunked(self.collector, policy, q, v, task, eps)
         steps = np.arange(h_max)[None, :]
         valid = out.alive[:, :h_max] & (steps < horizon[:, None])
         adv, ret = _evaluate(out, valid, value_fn, reward_fn, self.gamma, self.gae_lambda)
         rows, t = np.nonzero(valid)
         is_pair = t < hf_len[rows]
-        partner = np.where(is_pair, starts[rows] + t, -1)
-        anchor = starts[rows] + t % hf_len[rows]
+        partner = np.where(is_pair, first[rows] + t, -1)
+        anchor = first[rows] + t % hf_len[rows]
         paired = _part(out, eps, log_std, adv, ret, rows, t, anchor)
 
-        # pool: pool_per_hf LF episodes per paired one, same horizon, fresh noise; starts
-        # drawn from the start distribution, or (same_starts) the paired episode's own start
-        pool_h = np.repeat(horizon, self.pool_per_hf)
-        if self.same_starts:
-            own = np.repeat(np.arange(starts.size), self.pool_per_hf)
-            pq, pv, ptask = q[own], v[own], {k: val[own] for k, val in task.items()}
-        else:
-            pq, pv, ptask = self.pool_starts(pool_h.size, rng)
-        peps = rng.standard_normal((pool_h.size, h_max, act_dim))
+        # references: pool_per_hf LF episodes per paired one, same horizon, fresh noise, from
+        # the paired episode's own first state (fragments, same_starts) or from pool_starts
+        ep = np.repeat(np.arange(first.size), self.pool_per_hf)
+        pq, pv, ptask = q[ep], v[ep], {k: val[ep] for k, val in task.items()}
+        pooled = np.flatnonzero(~own[ep])
+        if pooled.size:
+            sq, sv, stask = self.pool_starts(pooled.size, rng)
+            pq[pooled], pv[pooled] = sq, sv
+            for k, val in stask.items():
+                ptask[k][pooled] = val
+        pool_h = horizon[ep]
+        peps = rng.standard_normal((ep.size, h_max, act_dim))
         pout = _run_chunked(self.collector, policy, pq, pv, ptask, peps)
         pvalid = pout.alive[:, :h_max] & (steps < pool_h[:, None])
         padv, pret = _evaluate(pout, pvalid, value_fn, reward_fn, self.gamma, self.gae_lambda)
         prow, pt = np.nonzero(pvalid)
+        # grouped with the paired step at the same time of its episode (same_starts), else all
+        # pooled, a fragment's too: `align_pairs` takes references all grouped or all pooled
         ref_anchor = np.full(prow.size, -1)
-        if self.same_starts:  # grouped with the paired step at the same time of its episode
-            ep = own[prow]
-            ref_anchor = starts[ep] + pt % hf_len[ep]
+        if self.same_starts:
+            pep = ep[prow]
+            ref_anchor = first[pep] + pt % hf_len[pep]
         ref = _part(pout, peps, log_std, padv, pret, prow, pt, ref_anchor)
         raw = np.where(valid, out.rewards[:, :h_max], 0.0)
         return LFSamples(
@@ -331,15 +348,3 @@ class EpisodePairing:
             lf_steps=int(valid.sum() + pvalid.sum()),
             rollout_returns=raw.sum(axis=1), rollout_lengths=valid.sum(axis=1),
         )
-
-
-def _empty_part(obs_dim: int, act_dim: int) -> LFPart:
-    z = np.zeros(0)
-    return LFPart(np.zeros((0, obs_dim), np.float32), np.zeros((0, act_dim), np.float32),
-                  z, z, z, np.zeros(0, np.int64))
-
-
-def _empty(obs_dim: int, act_dim: int) -> LFSamples:
-    """No HF episode starts in the rollout: nothing to pair (c = 0 for this rollout)."""
-    return LFSamples("episode", _empty_part(obs_dim, act_dim), np.zeros(0, np.int64),
-                     _empty_part(obs_dim, act_dim), 1.0, 0, np.zeros(0), np.zeros(0, np.int64))

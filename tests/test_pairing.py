@@ -103,30 +103,65 @@ def test_synced_noise_windows_stop_at_episode_ends(lf_collector, hf_buffer) -> N
     np.testing.assert_array_equal(win[last, 0], hf_buffer.eps[last])
 
 
-def test_episode_pairs_start_at_hf_starts_and_replay_noise(policy, lf_collector, hf_buffer):
-    pairing = EpisodePairing(lf_collector, pool_per_hf=4, max_episode_steps=30, gamma=GAMMA,
-                             gae_lambda=0.95)
-    lf = pairing.collect(hf_buffer, policy, zero_value, identity, np.random.default_rng(4))
-    starts = np.flatnonzero(hf_buffer.episode_start)
-    assert starts.tolist() == [15, 45]
-    # rows 0-14 continue an episode begun in an earlier rollout: unpaired
-    paired_rows = lf.partner[lf.partner >= 0]
-    assert paired_rows.min() == 15 and set(paired_rows) <= set(range(15, 75))
-    # first LF step of each episode: the HF start observation
-    for s in starts:
-        j = np.flatnonzero(lf.partner == s)[0]
-        np.testing.assert_allclose(lf.paired.obs[j], hf_buffer.obs[s], atol=1e-6)
-    # every paired LF action is mu(LF obs) + sigma * (the HF eps of its partner row)
+def _check_episode_pairs(buffer: RolloutBuffer, lf, policy: GaussianPolicy) -> None:
+    """Every HF row has exactly one LF partner, which replays its noise, and the LF episode
+    of every HF episode with rows here starts at the HF state of its first row here."""
     pair = lf.partner >= 0
+    assert sorted(lf.partner[pair]) == list(range(len(buffer)))
+    first = np.flatnonzero(buffer.episode_start | (np.arange(len(buffer)) == 0))
+    for s in first:
+        j = np.flatnonzero(lf.partner == s)[0]
+        np.testing.assert_allclose(lf.paired.obs[j], buffer.obs[s], atol=1e-6)
     with torch.no_grad():
         mu = policy.mean(torch.as_tensor(lf.paired.obs[pair])).numpy()
     std = float(policy.std().detach())
     np.testing.assert_allclose((lf.paired.actions[pair] - mu) / std,
-                               hf_buffer.eps[lf.partner[pair]], atol=1e-5)
-    # the LF episode of the second start runs to the rollout's end (30 rows), all paired;
-    # pool: 4 independent LF episodes per paired one, with the same horizons
-    assert lf.n_pairs == 60
+                               buffer.eps[lf.partner[pair]], atol=1e-5)
+
+
+def test_episode_pairs_start_at_hf_starts_and_replay_noise(policy, lf_collector, hf_buffer):
+    pairing = EpisodePairing(lf_collector, pool_per_hf=4, max_episode_steps=30, gamma=GAMMA,
+                             gae_lambda=0.95)
+    lf = pairing.collect(hf_buffer, policy, zero_value, identity, np.random.default_rng(4))
+    assert np.flatnonzero(hf_buffer.episode_start).tolist() == [15, 45]
+    # rows 0-14 continue an episode begun in an earlier rollout: a fragment paired from row 0
+    _check_episode_pairs(hf_buffer, lf, policy)
+    # three LF episodes of 30 steps (rows left, capped by the time limit): the fragment's
+    # runs on past its HF partner's end with fresh noise; 4 references per paired episode
+    assert lf.n_pairs == 75 and len(lf.paired) == 90
     assert np.all(lf.ref.anchor == -1) and len(lf.ref) == 4 * len(lf.paired)
+    # the fragment's references start from row 0's state, the others from the pool
+    at_row0 = np.all(np.abs(lf.ref.obs - hf_buffer.obs[0]) < 1e-6, axis=1)
+    assert at_row0.sum() == 4 and np.all(at_row0[np.arange(4) * 30])
+
+
+@pytest.mark.parametrize(("before", "rows", "n_starts", "n_ends"),
+                         [(15, 10, 0, 0), (5, 40, 1, 1), (0, 20, 1, 0), (20, 40, 1, 2),
+                          (10, 20, 0, 1)])
+@pytest.mark.parametrize("same_starts", [False, True])
+def test_episode_pairing_of_rollouts_shorter_than_episodes(
+    policy, lf_collector, before: int, rows: int, n_starts: int, n_ends: int, same_starts: bool,
+) -> None:
+    """Rollouts with no episode start, no end, or an episode spanning them (30-step episodes):
+    every row is paired, every LF episode gets its references with its horizon."""
+    env = gym.make(ENV, fidelity="twin", max_episode_steps=30)
+    collector = HFCollector(env, policy, np.random.default_rng(7), seed=7)
+    if before:
+        collector.collect(before)
+    buf = collector.collect(rows)
+    assert (buf.episode_start.sum(), buf.dones.sum()) == (n_starts, n_ends)
+    pairing = EpisodePairing(lf_collector, 3, 30, GAMMA, 0.95, same_starts=same_starts)
+    lf = pairing.collect(buf, policy, zero_value, identity, np.random.default_rng(8))
+    _check_episode_pairs(buf, lf, policy)
+    first = np.flatnonzero(buf.episode_start | (np.arange(rows) == 0))
+    horizon = np.minimum(rows - first, 30)
+    assert lf.rollout_lengths.tolist() == horizon.tolist()  # no LF termination in 30 steps
+    assert len(lf.ref) == 3 * horizon.sum() and lf.lf_steps == 4 * horizon.sum()
+    assert np.all(lf.ref.anchor >= 0) if same_starts else np.all(lf.ref.anchor == -1)
+    # a fragment's references start from its first row's state in both modes
+    fragment = not buf.episode_start[0]
+    at_row0 = np.all(np.abs(lf.ref.obs - buf.obs[0]) < 1e-6, axis=1).sum()
+    assert at_row0 == (3 if fragment or same_starts else 0)
 
 
 def _pendulum_sideways(collector: BatchedCollector):
