@@ -162,6 +162,22 @@ class RunConfig(StrictModel):
     )
 
 
+def env_takes_fidelity(env_id: str) -> bool | None:
+    """Whether a registered env's constructor takes `fidelity` (the mfpg envs do, plain
+    Gymnasium envs do not); None when the id or its entry point cannot be resolved here."""
+    import inspect
+
+    import gymnasium as gym
+    from gymnasium.envs.registration import load_env_creator
+
+    try:
+        entry = gym.spec(env_id).entry_point
+        creator = entry if callable(entry) else load_env_creator(entry)
+        return "fidelity" in inspect.signature(creator).parameters
+    except (gym.error.Error, ImportError, AttributeError, ValueError, TypeError):
+        return None
+
+
 class TrainConfig(StrictModel):
     """A whole training run."""
 
@@ -180,6 +196,22 @@ class TrainConfig(StrictModel):
                 f"hf.steps_per_iter ({self.hf.steps_per_iter}) must be >= "
                 f"algo.num_minibatches ({self.algo.num_minibatches})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _mf_needs_lf_model(self) -> TrainConfig:
+        if self.algo.name not in ("mfppo", "mfreinforce"):
+            return self
+        for key, env in (("hf.env", self.hf.env), ("lf.env", self.lf.env)):
+            if env is not None and env_takes_fidelity(env) is False:
+                raise ValueError(
+                    f"{key}: '{env}' is a plain Gymnasium env (it takes no fidelity), so it has "
+                    f"no low-fidelity model and no measured state for algo.name "
+                    f"'{self.algo.name}' to pair with; multi-fidelity algorithms "
+                    f"(mfppo, mfreinforce) need mfpg/* envs with a fidelity (e.g. "
+                    f"mfpg/FurutaSwingup-v0, mfpg/Arm2Reach-v0); train plain Gymnasium envs "
+                    f"with algo.name: ppo or reinforce and hf.fidelity: null"
+                )
         return self
 
     @property

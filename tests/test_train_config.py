@@ -196,3 +196,39 @@ def test_train_cli_rejects_bad_config_with_exit_2(tmp_path: Path, capsys) -> Non
     path = _write(tmp_path, MINIMAL)
     assert main(["train", str(path), "--set", "algo.lr=-1"]) == 2
     assert "algo.lr: Input should be greater than 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("algo", ["mfppo", "mfreinforce"])
+@pytest.mark.parametrize(("hf", "lf", "key"), [
+    ({"env": "InvertedPendulum-v5", "fidelity": None}, {}, "hf.env: 'InvertedPendulum-v5'"),
+    ({"env": "mfpg/FurutaSwingup-v0"}, {"env": "Pendulum-v1"}, "lf.env: 'Pendulum-v1'"),
+])
+def test_mf_on_a_plain_gymnasium_env_is_refused_at_load(tmp_path: Path, capsys, algo: str,
+                                                        hf: dict, lf: dict, key: str) -> None:
+    data = {"seed": 0, "algo": {"name": algo}, "hf": {**hf, "total_steps": 4096}, "lf": lf}
+    path = _write(tmp_path, data)
+    message = _error(path)
+    assert str(path) in message and key in message
+    assert "plain Gymnasium env" in message and "mfpg/* envs with a fidelity" in message
+    assert "algo.name: ppo or reinforce" in message
+    assert main(["check-config", str(path)]) == 2
+    assert key in capsys.readouterr().err
+
+
+def test_plain_gymnasium_envs_load_with_ppo_and_reinforce(tmp_path: Path) -> None:
+    for algo in ("ppo", "reinforce"):
+        data = {"seed": 0, "algo": {"name": algo},
+                "hf": {"env": "InvertedPendulum-v5", "fidelity": None, "total_steps": 4096}}
+        assert load_train_config(_write(tmp_path, data)).hf.fidelity is None
+    mf = {"seed": 0, "algo": {"name": "mfppo"}, "lf": {"env": "mfpg/FurutaSwingup-v0"},
+          "hf": {"env": "mfpg-test/NotRegistered-v0", "total_steps": 4096}}
+    assert load_train_config(_write(tmp_path, mf)).hf.env  # unknown ids: left to gym.make
+
+
+def test_fidelity_on_a_plain_gymnasium_env_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    path = _write(tmp_path, {**MINIMAL, "run": {"dir": str(tmp_path / "run")}})
+    assert main(["train", str(path), "--set", "hf.env=InvertedPendulum-v5"]) == 2
+    err = capsys.readouterr().err
+    assert "hf.fidelity: env 'InvertedPendulum-v5' takes no fidelity argument" in err
+    assert "set hf.fidelity: null" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
