@@ -14,10 +14,15 @@ Torque off disables the actuators (0 V / limp servo). On ENABLE a voltage drive 
 a position servo its present position until the first COMMAND.
 
 Device-side limits: COMMAND targets are clamped to the robot's command bounds (voltage limit,
-or the soft position limits for servos; `sim.actuation.command_bounds`), setting CLAMPED.
-Faults latched by the device: WATCHDOG, LIMIT (a joint beyond its hard position limit or
-velocity limit), BAD_COMMAND, OVER_CURRENT (above `safety.max_current_a`) and
-OVER_TEMPERATURE (above `safety.max_temperature_c` + `DEVICE_TEMP_MARGIN_C`).
+or the soft position limits for servos; `sim.actuation.command_bounds`), setting CLAMPED; a
+servo target may also lie between a soft limit and the joint's present position beyond it
+(never further out than the joint is), so that a joint resting past a soft limit can be moved
+back slowly. Faults latched by the device: WATCHDOG, LIMIT (a joint faster than its velocity
+limit; with torque on, a joint beyond a hard position limit, except that a joint switched on
+while resting beyond it, on its end stop, may move back: it latches only if it gets further
+out, by more than `LIMIT_SLACK`, than it has been since), BAD_COMMAND, OVER_CURRENT (above
+`safety.max_current_a`) and OVER_TEMPERATURE (above `safety.max_temperature_c` +
+`DEVICE_TEMP_MARGIN_C`).
 
 Current and temperature: for a voltage-driven motor (furuta) current = motor torque / kt,
 with kt and R read off the twin's DC-motor actuator (`Twin.motor_constants`), and the
@@ -64,6 +69,7 @@ from sim.robot_config import RobotConfig
 FIRMWARE_VERSION = (1, 0, 0)
 DEVICE_TEMP_MARGIN_C = 10.0  # device over-temperature limit above the host's safety limit
 OVERTEMP_INJECTION_C = 20.0  # injected heat: this far past the host's limit
+LIMIT_SLACK = 0.01  # joint units: beyond-hard-limit excursion growth tolerated (sensor noise)
 
 
 @dataclass(frozen=True)
@@ -188,6 +194,12 @@ class DeviceModel:
         self.heat_offset_c = 0.0
         self.sample_us = 0
         self._feed_us = 0
+        self._hard_lo = np.array([j.hard_limits.lower if j.hard_limits else -np.inf
+                                  for j in robot.joints])
+        self._hard_hi = np.array([j.hard_limits.upper if j.hard_limits else np.inf
+                                  for j in robot.joints])
+        self._vlim = np.array([j.velocity_limit for j in robot.joints])
+        self._allowed_excursion = np.zeros(len(robot.joints))  # beyond hard limits, torque on
 
     # -- protocol ---------------------------------------------------------------------------
     def handle(self, frame: Frame, now_us: int) -> Message:
@@ -223,6 +235,7 @@ class DeviceModel:
             self.targets = self._idle_targets()
             self.enabled = True
             self.twin.set_torque(True)
+            self._allowed_excursion = self._excursion()
         self._feed_us = now_us
         return Ack(MsgType.ENABLE)
 
@@ -239,7 +252,11 @@ class DeviceModel:
         if refused:
             return refused
         raw = np.array(msg.targets)
-        self.targets = np.clip(raw, self.lower, self.upper)
+        lower, upper = self.lower, self.upper
+        if self.robot.actuation.type == "position":
+            q = self.twin.q_meas[self.twin.act_joint_idx]
+            lower, upper = np.minimum(lower, q), np.maximum(upper, q)
+        self.targets = np.clip(raw, lower, upper)
         self.clamped = bool(np.any(self.targets != raw))
         self._feed_us = now_us
         return Ack(MsgType.COMMAND)
@@ -280,13 +297,14 @@ class DeviceModel:
         twin.step(self.targets if self.enabled else self._idle_targets())
         self._update_motor()
         self.sample_us = now_us
-        for i, joint in enumerate(self.robot.joints):
-            lim = joint.hard_limits
-            q, v = twin.q_meas[i], twin.v_meas[i]
-            if (lim is not None and not lim.lower <= q <= lim.upper) or abs(
-                v
-            ) > joint.velocity_limit:
+        if np.any(np.abs(twin.v_meas) > self._vlim):
+            self.latch(FaultFlag.LIMIT)
+        if self.enabled:
+            excursion = self._excursion()
+            allowed = self._allowed_excursion
+            if np.any(excursion > np.where(allowed > 0, allowed + LIMIT_SLACK, 0.0)):
                 self.latch(FaultFlag.LIMIT)
+            self._allowed_excursion = np.minimum(self._allowed_excursion, excursion)
         if np.max(self.temperature) > self.temp_limit_c:
             self.latch(FaultFlag.OVER_TEMPERATURE)
         if self.current_limit_a is not None and np.max(np.abs(self.current)) > self.current_limit_a:
@@ -341,6 +359,11 @@ class DeviceModel:
         )
 
     # -- internals ------------------------------------------------------------------------
+    def _excursion(self) -> np.ndarray:
+        """How far each measured joint is beyond its hard position limits (0 inside)."""
+        q = self.twin.q_meas
+        return np.maximum(np.maximum(self._hard_lo - q, q - self._hard_hi), 0.0)
+
     def _idle_targets(self) -> np.ndarray:
         if self.robot.actuation.type == "position":
             return self.twin.actuated_positions()

@@ -7,7 +7,9 @@ It opens a pty (`os.openpty`, device side in raw mode), prints `port: <path>` as
 line, and serves the protocol of docs/protocol.md there with `DeviceModel` (the twin in real
 time: one control period per tick at the robot's control rate, advanced by the wall clock).
 Requests are answered as they arrive; a COMMAND takes effect at the next tick. SIGINT and
-SIGTERM stop it cleanly: torque off, pty closed, exit status 0.
+SIGTERM stop it cleanly: torque off, pty closed, exit status 0. With a `parent_pid` it also
+stops once that process is no longer its parent (the parent died; `mfpg-robot emulator
+--parent-pid PID`), checked every control period.
 
 Fault injection (`FaultInjection`, all driven by one seeded RNG): replies dropped, corrupted
 (one byte flipped) or delayed with given probabilities; received bytes corrupted (one byte
@@ -136,8 +138,14 @@ class Emulator:
         """Ask `serve()` to return (safe to call from a signal handler)."""
         self._stop = True
 
-    def serve(self, log: Callable[[str], None] = lambda line: None) -> str:
-        """Run the device in real time; return why it ended ('stopped' or 'disconnected')."""
+    def serve(
+        self, log: Callable[[str], None] = lambda line: None, parent_pid: int | None = None
+    ) -> str:
+        """Run the device in real time; return why it ended.
+
+        'stopped' (`stop()`), 'disconnected' (injected) or 'orphaned' (the process
+        `parent_pid` is no longer this process's parent).
+        """
         dev, f = self.device, self.faults
         dt = self.robot.control_dt
         t0 = time.monotonic()
@@ -155,6 +163,9 @@ class Emulator:
             wait = next_tick - t
             if self._out:
                 wait = min(wait, self._out[0][0] - t)
+            if parent_pid is not None and os.getppid() != parent_pid:
+                log(f"parent process {parent_pid} is gone: torque off, pty closed")
+                return "orphaned"
             ready, _, _ = select.select([self._master], [], [], max(0.0, wait))
             if ready:
                 self._receive(t0)
@@ -246,12 +257,16 @@ class Emulator:
 
 
 def run_emulator(
-    robot: RobotConfig, faults: FaultInjection, out: TextIO, stats_path: str | Path | None = None
+    robot: RobotConfig,
+    faults: FaultInjection,
+    out: TextIO,
+    stats_path: str | Path | None = None,
+    parent_pid: int | None = None,
 ) -> int:
     """The `mfpg-robot emulator` process: print the port first, serve until a signal.
 
     With `stats_path`, the diagnostics (`Emulator.stats_dict`) are written there as JSON on
-    the way out.
+    the way out. With `parent_pid`, it also ends when that process stops being its parent.
     """
     emulator = Emulator(robot, faults)
 
@@ -267,7 +282,7 @@ def run_emulator(
             f"emulating {robot.name} ({robot.control_rate_hz:g} Hz, twin model), "
             f"faults injected: {faults.describe()}; stop with Ctrl+C"
         )
-        reason = emulator.serve(log)
+        reason = emulator.serve(log, parent_pid)
     finally:
         emulator.close()
         for sig, handler in previous.items():

@@ -18,13 +18,14 @@ invalid action, driver error) is carried out at once (torque off, or hold for se
 episode (`terminated=True`) and latches: `step()` raises `SafetyStopError` until `reset()`
 acknowledges it. A driver error (`RobotConnectionError`: link lost, no valid reply after the
 retries) also closes the driver after the stop attempt; the next `reset()` reconnects
-(handshake, watchdog) or raises the connection error while the device is still gone. At the end
-of an episode the robot idles: torque off for voltage/torque robots; position servos hold their
-pose, and a background `KeepAlive` re-sends the hold (and reads and checks the state) every
-`serial.watchdog_ms / 4` until the next `reset()` or `close()`, so that the device watchdog
-does not cut torque and let the arm fall. A problem found while idling (a safety check, a
-driver error) ends the keep-alive and carries out the stop (torque off, or one last hold that
-the watchdog ends). After a latched stop there is no keep-alive: a "hold" stop holds until the
+(handshake, watchdog; a warning of logger `hardware.robot_env`) or raises the connection error
+while the device is still gone. At the end of an episode the robot idles: torque off for
+voltage/torque robots; position servos hold their pose, and a background `KeepAlive` re-sends
+the hold (and reads and checks the state) every `serial.watchdog_ms / 4` until the next
+`reset()` or `close()`, so that the device watchdog does not cut torque and let the arm fall.
+A problem found while idling (a safety check, a driver error) ends the keep-alive and carries
+out the stop (torque off, or one last hold that the watchdog ends).
+After a latched stop there is no keep-alive: a "hold" stop holds until the
 device watchdog turns torque off. Ctrl+C (KeyboardInterrupt) in `reset()` or `step()` turns
 torque off, records an event, re-raises; one that lands elsewhere (e.g. in the policy) and ends
 the program is caught by an `atexit` hook that turns torque off too.
@@ -41,6 +42,7 @@ from __future__ import annotations
 import atexit
 import functools
 import importlib
+import logging
 import time
 import weakref
 from typing import Any
@@ -66,6 +68,8 @@ from sim.robot_config import RobotConfig, load_robot_config
 from sim.starts import sample_start_state
 from sim.state import RobotState
 from sim.tasks.base import Task, TaskState
+
+_log = logging.getLogger(__name__)
 
 #: Robot name -> its task class ("module:Class"), constructed with the robot config.
 ROBOT_TASKS = {
@@ -179,6 +183,21 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
             self._interrupt("step")
             raise
 
+    def hold(self, command: np.ndarray) -> None:
+        """Position servos with torque on, between episodes: keep `command` held.
+
+        The keep-alive of the end of an episode, e.g. after a move the caller made with the
+        driver itself; it runs until the next `reset()` or `close()`.
+        """
+        if not self.safety.position_servo:
+            raise ValueError(f"robot '{self.robot.name}' has no position servos to hold")
+        self._stop_keepalive()
+        self._active = False
+        command = np.asarray(command, dtype=np.float64)
+        self.safety.commit(command)
+        if self.scheduler.realtime:
+            self._start_keepalive(command)
+
     def close(self) -> None:
         """Stop any keep-alive, torque off and release the driver."""
         self._stop_keepalive()
@@ -247,6 +266,10 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         self._active = False
         self.safety.reset_safety()
         if not self.driver.connected:
+            _log.warning(
+                "%s: link was closed after a driver error; reconnecting", self.robot.name,
+                extra={"port": getattr(self.driver, "port", None)},
+            )
             self.driver.connect()
             self.driver.set_watchdog(self.robot.serial.watchdog_ms)
         state = self.driver.read_state()

@@ -24,10 +24,16 @@ that reaches the driver is always within the command bounds and the rate limit.
 |velocity| > velocity limit), over-temperature, over-current, a stale state, a device fault or
 unexpected torque loss; `missed_deadlines` on more consecutive misses than tolerated. A latched
 stop refuses every command until `reset_safety()` acknowledges it.
+
+Every event is kept in `events` and passed to each callable in `listeners` as it happens
+(from whichever thread records it, e.g. the keep-alive's), e.g. to log it or write it to disk;
+a listener that raises is logged (logger `hardware.safety`) and never keeps a stop from
+being carried out.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -40,6 +46,8 @@ import numpy as np
 from hardware.driver import DeviceState, RobotDriver, RobotError
 from sim.actuation import command_bounds, command_to_action
 from sim.robot_config import RobotConfig
+
+_log = logging.getLogger(__name__)
 
 STAGES = ("action", "rate", "soft_limit", "velocity", "workspace")
 #: Stops that keep torque on (servos hold) when `safety.stop_mode` is "hold"; every other
@@ -192,6 +200,7 @@ class SafetyLayer:
             WorkspaceGuard(robot) if self.position_servo and robot.workspace else None
         )
         self.events: list[SafetyEvent] = []
+        self.listeners: list[Callable[[SafetyEvent], None]] = []
         self.latched: SafetyEvent | None = None
         self._prev = np.clip(np.zeros(len(act)), self.lower, self.upper)
         self._last_device_time: float | None = None
@@ -222,9 +231,17 @@ class SafetyLayer:
         ack = SafetyEvent(
             self.clock(), "acknowledged", f"latched '{self.latched.kind}' stop cleared", "none"
         )
-        self.events.append(ack)
+        self._add(ack)
         self.latched = None
         return ack
+
+    def _add(self, event: SafetyEvent) -> None:
+        self.events.append(event)
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:
+                _log.exception("safety event listener %r failed on %s", listener, event.kind)
 
     def stop_mode_for(self, kind: str) -> str:
         """"hold" for holdable kinds on position servos in hold mode, else "torque_off"."""
@@ -238,7 +255,7 @@ class SafetyLayer:
     def latch(self, kind: str, detail: str) -> SafetyEvent:
         """Latch a stop (the first one wins; later ones are recorded too) and return it."""
         event = SafetyEvent(self.clock(), kind, detail, self.stop_mode_for(kind))
-        self.events.append(event)
+        self._add(event)
         if self.latched is None:
             self.latched = event
         return event
@@ -246,7 +263,7 @@ class SafetyLayer:
     def record(self, kind: str, detail: str) -> SafetyEvent:
         """Record an event that is not a stop (e.g. faults cleared at reset)."""
         event = SafetyEvent(self.clock(), kind, detail, "none")
-        self.events.append(event)
+        self._add(event)
         return event
 
     def execute_stop(self, driver: RobotDriver, state: DeviceState | None) -> str:

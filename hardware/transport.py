@@ -19,7 +19,9 @@ another outstanding request is kept for that request's `result`; any other seque
 (a late reply to an abandoned attempt or a forgotten request, an out-of-order frame) is
 discarded and counted, never returned. A timeout or a corrupted reply (bad header check /
 CRC) while waiting for a request costs that request one attempt, and it is re-sent with a new
-sequence number; after `retries` re-sends `RobotConnectionError` says what went wrong.
+sequence number (logged as a warning by logger `hardware.transport`, with the port name in
+the record's `port` attribute); after `retries` re-sends `RobotConnectionError` says what
+went wrong.
 Timing: each attempt waits about `timeout_s` for its reply to start (at most twice that in
 total when a reply stalls half-way), so a silent device is reported after about
 `timeout_s * (retries + 1)`.
@@ -32,6 +34,7 @@ Only after garbage does it read what is waiting.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -52,6 +55,8 @@ from hardware.protocol import (
     encode,
     next_seq,
 )
+
+_log = logging.getLogger(__name__)
 
 PORT_HELP = (
     "Fix: check the USB cable and that the robot is powered; pass the right port with --port "
@@ -172,6 +177,16 @@ class Transport:
                 else:
                     timeouts += 1
                     stats.timeouts += 1
+                if attempt < self.retries:
+                    _log.warning(
+                        "%s reply to %s on '%s'; re-sending (attempt %d of %d)",
+                        "corrupted" if reply == "corrupted" else "no",
+                        pending.msg.TYPE.name,
+                        self.name,
+                        attempt + 2,
+                        self.retries + 1,
+                        extra={"port": self.name},
+                    )
         finally:
             self.forget(pending)
         raise RobotConnectionError(

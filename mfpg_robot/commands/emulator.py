@@ -2,7 +2,8 @@
 
 Prints `port: <path>` as its first line, then serves the robot's protocol there until Ctrl+C
 or SIGTERM (torque off, exit 0). See `hardware.emulator` for the fault injection options;
-`--stats-file PATH` writes what the device received, rejected and executed there on exit.
+`--stats-file PATH` writes what the device received, rejected and executed there on exit;
+`--parent-pid PID` stops it (cleanly) once process PID is no longer its parent.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stats-file", default=None, metavar="PATH",
                    help="on exit, write JSON counts of frames received, frames rejected (bad "
                    "header/CRC), commands received and executed, replies sent/dropped/corrupted")
+    p.add_argument("--parent-pid", type=int, default=None, metavar="PID",
+                   help="stop (torque off, exit 0) once process PID is no longer this "
+                   "emulator's parent, e.g. when the program that started it died")
     p.set_defaults(func=run)
 
 
@@ -69,4 +73,4 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-    return run_emulator(robot, faults, sys.stdout, args.stats_file)
+    return run_emulator(robot, faults, sys.stdout, args.stats_file, args.parent_pid)
