@@ -20,7 +20,18 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from sim.robot_config import ConfigError, StrictModel, parse_yaml, read_yaml, validate_mapping
+from sim.robot_config import (
+    RESERVED_FIDELITIES,
+    ConfigError,
+    ModelName,
+    RobotConfig,
+    StrictModel,
+    load_robot_config,
+    parse_yaml,
+    read_yaml,
+    unknown_model_message,
+    validate_mapping,
+)
 
 ALGO_NAMES = ("ppo", "mfppo", "reinforce", "mfreinforce")
 ACCEL_NAMES = ("none", "optimistic", "extragradient", "nesterov", "meta")
@@ -87,10 +98,11 @@ class HFConfig(StrictModel):
     """The high-fidelity env: the robot, or its stand-in for dry runs and benchmarks."""
 
     env: str = Field(description="Gymnasium id, e.g. mfpg/FurutaSwingup-v0 or Hopper-v5")
-    fidelity: Literal["twin", "reduced", "reduced_gap", "robot"] | None = Field(
+    fidelity: ModelName | None = Field(
         default="twin",
-        description="model of an mfpg env (robot = the physical or emulated device); "
-        "null for plain Gymnasium envs that take no fidelity",
+        description="model of an mfpg env, a name under models: in its robot config (twin, "
+        "reduced, ...); robot = the physical or emulated device; null for plain Gymnasium "
+        "envs that take no fidelity",
     )
     steps_per_iter: int = Field(default=2048, ge=1, description="HF steps per iteration")
     total_steps: int = Field(ge=1, description="HF step budget of the run")
@@ -108,8 +120,9 @@ class LFConfig(StrictModel):
     """The low-fidelity side of the multi-fidelity algorithms (ignored by ppo/reinforce)."""
 
     env: str | None = Field(default=None, description="Gymnasium id; null = same as hf.env")
-    fidelity: Literal["twin", "reduced", "reduced_gap"] = Field(
-        default="reduced", description="LF model of the same task"
+    fidelity: ModelName = Field(
+        default="reduced",
+        description="LF model of the same task, a name under models: in its robot config",
     )
     pairing: Literal["episode", "synced"] = Field(
         default="synced",
@@ -178,6 +191,14 @@ def env_takes_fidelity(env_id: str) -> bool | None:
         return None
 
 
+def env_robot(env_id: str) -> RobotConfig | None:
+    """The robot config of an mfpg/* env id's task; None for any other env."""
+    import sim
+
+    entry = sim.ENV_IDS.get(env_id)
+    return None if entry is None else load_robot_config(entry[1].robot)
+
+
 class TrainConfig(StrictModel):
     """A whole training run."""
 
@@ -196,6 +217,19 @@ class TrainConfig(StrictModel):
                 f"hf.steps_per_iter ({self.hf.steps_per_iter}) must be >= "
                 f"algo.num_minibatches ({self.algo.num_minibatches})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _fidelities_are_models(self) -> TrainConfig:
+        checks = [("hf", self.hf.env, self.hf.fidelity)]
+        if self.algo.name in ("mfppo", "mfreinforce"):
+            checks.append(("lf", self.lf.env or self.hf.env, self.lf.fidelity))
+        for key, env, fidelity in checks:
+            if fidelity is None or (key == "hf" and fidelity in RESERVED_FIDELITIES):
+                continue
+            robot = env_robot(env)
+            if robot is not None and fidelity not in robot.models:
+                raise ValueError(f"{key}.fidelity: {unknown_model_message(robot, fidelity)}")
         return self
 
     @model_validator(mode="after")

@@ -2,7 +2,10 @@
 
 A robot config names its joints in order (with units and limits), its actuation, control
 rate, serial settings, safety thresholds, reset procedure (home pose, settling, homing gains,
-start randomisation) and the MuJoCo model of each fidelity.
+start randomisation) and its MuJoCo models by name (`models:`). `twin` is required (the device
+emulator runs it); any other name (`reduced`, `reduced_gap`, a user's calibrated model) is a
+fidelity that envs and train configs can select (`fidelity: NAME`). A model file is a path
+relative to `sim/models/`, or an absolute path.
 It lives in `sim` because every layer reads it (sim builds the fidelities from it, hardware
 talks to the device it describes, mfpg_robot trains on it) and `sim` depends on nothing of ours.
 
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -23,8 +26,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ROBOTS_DIR = REPO_ROOT / "configs" / "robots"
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
-FIDELITIES = ("twin", "reduced", "reduced_gap")
-Fidelity = Literal["twin", "reduced", "reduced_gap"]
+#: The model every robot must name: the high-fidelity stand-in the device emulator runs.
+TWIN = "twin"
+#: Fidelity names that are not models: `robot` is the physical (or emulated) device itself.
+RESERVED_FIDELITIES = ("robot",)
+#: What a model (fidelity) name may look like.
+MODEL_NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
 
 
 class YamlLoader(yaml.SafeLoader):
@@ -237,7 +245,10 @@ class RobotConfig(StrictModel):
     safety: SafetyConfig
     reset: ResetConfig
     workspace: WorkspaceConfig | None = None
-    models: dict[Fidelity, str]
+    models: dict[ModelName, str] = Field(
+        description="fidelity name -> MuJoCo XML (relative to sim/models/, or absolute); "
+        "twin is required"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RobotConfig:
@@ -249,14 +260,23 @@ class RobotConfig(StrictModel):
             unknown = sorted(set(given) - set(names))
             if unknown:
                 raise ValueError(f"reset.{section} names unknown joints {unknown}; joints: {names}")
-        missing = [f for f in FIDELITIES if f not in self.models]
-        if missing:
+        if TWIN not in self.models:
             raise ValueError(
-                f"models must name a MuJoCo file for every fidelity; missing {missing}"
+                f"models must name a '{TWIN}' model (the device emulator runs it); "
+                f"named: {list(self.models)}"
             )
-        for fidelity, file in self.models.items():
-            if not (MODELS_DIR / file).is_file():
-                raise ValueError(f"models.{fidelity}: file '{file}' not found in {MODELS_DIR}")
+        for name in RESERVED_FIDELITIES:
+            if name in self.models:
+                raise ValueError(
+                    f"models.{name}: '{name}' is reserved for the physical (or emulated) "
+                    "device; give this model another name"
+                )
+        for name, file in self.models.items():
+            if not resolve_model_file(file).is_file():
+                raise ValueError(
+                    f"models.{name}: file '{file}' not found (a path relative to "
+                    f"{MODELS_DIR}, or an absolute path)"
+                )
         if not any(j.actuated for j in self.joints):
             raise ValueError("at least one joint must be actuated")
         effort = self.actuation.type != "position"
@@ -288,10 +308,31 @@ class RobotConfig(StrictModel):
                 return j
         raise KeyError(f"robot '{self.name}' has no joint '{name}'; joints: {self.joint_names}")
 
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """The fidelities this robot has a model for, in config order (`twin` among them)."""
+        return tuple(self.models)
+
     def model_path(self, fidelity: str) -> Path:
-        if fidelity not in FIDELITIES:
-            raise ValueError(f"unknown fidelity '{fidelity}'; choose one of {FIDELITIES}")
-        return MODELS_DIR / self.models[fidelity]
+        """The MuJoCo XML of the model named `fidelity`."""
+        if fidelity not in self.models:
+            raise ValueError(unknown_model_message(self, fidelity))
+        return resolve_model_file(self.models[fidelity])
+
+
+def resolve_model_file(file: str) -> Path:
+    """A `models:` entry as a path: absolute as given (`~` expanded), else under sim/models/."""
+    path = Path(file).expanduser()
+    return path if path.is_absolute() else MODELS_DIR / path
+
+
+def unknown_model_message(robot: RobotConfig, fidelity: str) -> str:
+    """Why `fidelity` is not a model of `robot`, with the names it has and how to add one."""
+    return (
+        f"robot '{robot.name}' has no model '{fidelity}'; its models: "
+        f"{', '.join(robot.model_names)} (add one under models: in its robot config, "
+        f"e.g. configs/robots/{robot.name}.yaml)"
+    )
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -76,7 +76,7 @@ def test_exponent_floats_without_dot_are_numbers(tmp_path: Path) -> None:
         (lambda d: d.update(lf={"M": 1}), "lf.M: Input should be greater than or equal to 2"),
         (lambda d: d["algo"].update(name="sac"), "algo.name: Input should be 'ppo'"),
         (lambda d: d["algo"].update(accel="adam"), "algo.accel: Input should be 'none'"),
-        (lambda d: d["hf"].update(fidelity="real"), "hf.fidelity: Input should be"),
+        (lambda d: d["hf"].update(fidelity="Real twin"), "hf.fidelity: String should match"),
         (lambda d: d["algo"].update(hidden=[64, 0]), "algo.hidden.1: Input should be greater"),
         (lambda d: d["hf"].update(total_steps=100), "hf.total_steps: must be >= hf.steps_per"),
         (lambda d: d["algo"].update(accel="optimistic", accel_options={"optimism": -1}),

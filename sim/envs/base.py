@@ -1,7 +1,8 @@
 """`RobotSimEnv`: one Gymnasium env class for any (task, robot, fidelity).
 
-The fidelity only selects the MuJoCo model named in the robot config; observation and action
-spaces, reward and termination come from the task and are the same for every fidelity.
+The fidelity only selects a MuJoCo model named in the robot config (`models:`: `twin`,
+`reduced`, ... or any name a user adds there); observation and action spaces, reward and
+termination come from the task and are the same for every fidelity.
 Model-specific sensor effects are declared in the model XML as custom numerics, so a model
 file carries everything that makes it a fidelity:
 
@@ -26,7 +27,7 @@ import numpy as np
 from gymnasium import spaces
 
 from sim.actuation import action_to_command
-from sim.robot_config import FIDELITIES, RobotConfig, load_robot_config
+from sim.robot_config import RobotConfig, load_robot_config
 from sim.starts import sample_start_state
 from sim.state import RobotState
 from sim.tasks.base import Task, TaskState
@@ -67,7 +68,7 @@ class SensorModel:
 
 
 class RobotSimEnv(gym.Env[np.ndarray, np.ndarray]):
-    """A task on a simulated robot at one fidelity ("twin", "reduced", "reduced_gap")."""
+    """A task on a simulated robot at one fidelity: a model named in the robot config."""
 
     metadata = {"render_modes": [], "render_fps": 50}
 
@@ -77,13 +78,12 @@ class RobotSimEnv(gym.Env[np.ndarray, np.ndarray]):
         fidelity: str = "twin",
         robot_config: str | RobotConfig | None = None,
     ) -> None:
-        if fidelity not in FIDELITIES:
-            raise ValueError(f"unknown fidelity '{fidelity}'; choose one of {FIDELITIES}")
         self.task = task
         self.fidelity = fidelity
         robot = robot_config if robot_config is not None else task.robot
         self.robot = robot if isinstance(robot, RobotConfig) else load_robot_config(robot)
-        self.model = mujoco.MjModel.from_xml_path(str(self.robot.model_path(fidelity)))
+        model_path = self.robot.model_path(fidelity)  # ValueError naming the robot's models
+        self.model = mujoco.MjModel.from_xml_path(str(model_path))
         self.data = mujoco.MjData(self.model)
         self.n_substeps = self._substeps()
         self.joint_names = self.robot.joint_names
@@ -110,7 +110,7 @@ class RobotSimEnv(gym.Env[np.ndarray, np.ndarray]):
         n = int(round(ratio))
         if n < 1 or abs(ratio - n) > 1e-6:
             raise ValueError(
-                f"{self.robot.model_path(self.fidelity).name}: control period "
+                f"{self.robot.model_path(self.fidelity)}: control period "
                 f"{self.robot.control_dt} s is not a whole number of timesteps "
                 f"({self.model.opt.timestep} s)"
             )

@@ -8,7 +8,7 @@ import pytest
 
 from sim.actuation import command_to_action
 from sim.envs.arm2 import Arm2ReachEnv
-from sim.robot_config import FIDELITIES, load_robot_config
+from sim.robot_config import load_robot_config
 from sim.state import RobotState
 from sim.tasks.arm2 import (
     REACH,
@@ -18,6 +18,7 @@ from sim.tasks.arm2 import (
     inverse_kinematics,
 )
 
+FIDELITIES = load_robot_config("arm2").model_names
 TWIN_SPEED_LIMIT = 6.0  # rad/s, documented in sim/models/arm2_twin.xml
 
 

@@ -10,10 +10,12 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import sim
-from sim.robot_config import FIDELITIES
+from sim.robot_config import load_robot_config
 
-ENV_FIDELITY = [(i, f) for i in sim.ENV_IDS for f in FIDELITIES]
-ENV_PAIRS = [(i, a, b) for i in sim.ENV_IDS for a, b in itertools.product(FIDELITIES, repeat=2)]
+#: Every registered env id -> the fidelities (model names) its robot config declares.
+MODELS = {i: load_robot_config(task.robot).model_names for i, (_, task) in sim.ENV_IDS.items()}
+ENV_FIDELITY = [(i, f) for i, names in MODELS.items() for f in names]
+ENV_PAIRS = [(i, a, b) for i, m in MODELS.items() for a, b in itertools.product(m, repeat=2)]
 
 
 def _make(env_id: str, fidelity: str) -> gym.Env:
@@ -43,7 +45,7 @@ def test_make_and_check_env(env_id, fidelity):
 
 @pytest.mark.parametrize("env_id", list(sim.ENV_IDS))
 def test_every_fidelity_has_the_same_spaces(env_id):
-    envs = [_make(env_id, f) for f in FIDELITIES]
+    envs = [_make(env_id, f) for f in MODELS[env_id]]
     for env in envs[1:]:
         assert env.observation_space == envs[0].observation_space
         assert env.action_space == envs[0].action_space

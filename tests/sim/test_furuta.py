@@ -10,9 +10,11 @@ from gymnasium.utils.env_checker import check_env
 
 import sim  # noqa: F401  (registers the envs)
 from sim.envs.furuta import FurutaSwingupEnv
-from sim.robot_config import FIDELITIES, load_robot_config
+from sim.robot_config import load_robot_config
 from sim.state import RobotState
 from sim.tasks.furuta import VELOCITY_SCALE, FurutaSwingup
+
+FIDELITIES = load_robot_config("furuta").model_names
 
 # QUBE-Servo 2 published figures the models are built from (uniform rods).
 ARM_MASS, ARM_LENGTH = 0.095, 0.085
