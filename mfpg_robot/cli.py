@@ -17,6 +17,8 @@ COMMANDS = (
     "probe",
     "train",
     "run_default",
+    "export",
+    "deploy",
 )
 
 
