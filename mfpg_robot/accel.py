@@ -18,6 +18,8 @@ Interface (all a trainer needs):
 
     loss = acc.step(closure)      # in place of `optimizer.step()`; returns the loss
     acc.stats()                   # {"eta", "optimism", "momentum", "restarts"} for logging
+    acc.state_dict()              # what the rule carries between steps (checkpoints);
+    acc.load_state_dict(state)    # the optimizer's own state is saved with the optimizer
 
 `step` may call the closure more than once (extragradient: twice) and may change the
 parameters between calls, so the closure must compute the loss from the current
@@ -82,6 +84,15 @@ def _cosine(a: list[Tensor], b: list[Tensor]) -> float:
     return _dot(a, b) / norm if norm > 0.0 else 0.0
 
 
+def _copy_state(value: Any) -> Any:
+    """A copy of a state value (tensors and lists of tensors cloned, the rest as is)."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, (list, tuple)):
+        return [_copy_state(v) for v in value]
+    return value
+
+
 def _call(closure: Closure) -> Tensor:
     loss = closure()
     if loss is None:
@@ -94,6 +105,8 @@ class Accelerator:
 
     name = "none"
     config_defaults: dict[str, Any] = {}
+    #: Attributes that change from step to step (what `state_dict` saves).
+    state_keys: tuple[str, ...] = ("restarts",)
 
     def __init__(self, params: Iterable[Tensor], optimizer: torch.optim.Optimizer, **cfg: Any):
         self.params = list(params)
@@ -139,6 +152,22 @@ class Accelerator:
         """Current effective step size, optimism coefficient, momentum and restart count."""
         return {"eta": self._eta(), "optimism": 0.0, "momentum": 0.0, "restarts": self.restarts}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The rule's state between steps (tensors cloned): `name` and each of `state_keys`."""
+        return {"name": self.name, **{k: _copy_state(getattr(self, k)) for k in self.state_keys}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict` of the same rule; the next step continues where it left off."""
+        if state.get("name") != self.name:
+            raise ValueError(
+                f"accelerator state is for rule {state.get('name')!r}, not {self.name!r}"
+            )
+        missing = [k for k in self.state_keys if k not in state]
+        if missing:
+            raise ValueError(f"accelerator state for {self.name!r} lacks {missing}")
+        for k in self.state_keys:
+            setattr(self, k, _copy_state(state[k]))
+
 
 class OptimisticAccelerator(Accelerator):
     """Optimistic / predictive step: theta_{t+1} = theta_t + Opt(g_t + lambda (g_t - g_{t-1})).
@@ -149,6 +178,7 @@ class OptimisticAccelerator(Accelerator):
 
     name = "optimistic"
     config_defaults = {"optimism": 1.0}
+    state_keys = ("restarts", "_prev")
 
     def _configure(self, cfg: dict[str, Any]) -> None:
         self.optimism = _check_number("optimism", cfg["optimism"], 0.0, 1e3)
@@ -210,6 +240,7 @@ class NesterovAccelerator(Accelerator):
 
     name = "nesterov"
     config_defaults = {"restart": True, "max_momentum": 1.0}
+    state_keys = ("restarts", "_k", "_beta", "_x_prev", "_prev_loss")
 
     def _configure(self, cfg: dict[str, Any]) -> None:
         if not isinstance(cfg["restart"], bool):
@@ -278,6 +309,7 @@ class MetaAccelerator(Accelerator):
         "eta_min": None,
         "eta_max": None,
     }
+    state_keys = ("restarts", "optimism", "_scale", "_prev_grad", "_prev_update", "_prev_diff")
 
     def _configure(self, cfg: dict[str, Any]) -> None:
         lr0 = float(self.optimizer.param_groups[0]["lr"])

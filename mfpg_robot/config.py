@@ -36,7 +36,7 @@ from sim.robot_config import (
 ALGO_NAMES = ("ppo", "mfppo", "reinforce", "mfreinforce")
 ACCEL_NAMES = ("none", "optimistic", "extragradient", "nesterov", "meta")
 #: Top-level keys that mark a mapping as a train config (robot configs have none of them).
-TRAIN_CONFIG_KEYS = frozenset({"seed", "algo", "hf", "lf", "mf", "run"})
+TRAIN_CONFIG_KEYS = frozenset({"seed", "algo", "hf", "lf", "mf", "run", "init"})
 
 class AlgoConfig(StrictModel):
     """The algorithm and its hyper-parameters (CleanRL ppo_continuous_action defaults)."""
@@ -106,6 +106,16 @@ class HFConfig(StrictModel):
     )
     steps_per_iter: int = Field(default=2048, ge=1, description="HF steps per iteration")
     total_steps: int = Field(ge=1, description="HF step budget of the run")
+    robot: str | None = Field(
+        default=None,
+        description="fidelity robot: configs/robots/NAME.yaml or a robot name; null = the "
+        "robot of hf.env's task (mfpg/FurutaSwingup-v0: furuta, mfpg/Arm2Reach-v0: arm2)",
+    )
+    port: str | None = Field(
+        default=None,
+        description="fidelity robot: serial port (--port wins); null = serial.port of the "
+        "robot config",
+    )
 
     @field_validator("total_steps")
     @classmethod
@@ -199,6 +209,20 @@ def env_robot(env_id: str) -> RobotConfig | None:
     return None if entry is None else load_robot_config(entry[1].robot)
 
 
+class InitConfig(StrictModel):
+    """Warm start: networks from a checkpoint trained elsewhere (e.g. on the LF model only)."""
+
+    checkpoint: str | None = Field(
+        default=None,
+        description="checkpoint (.pt) or run folder to start from; null = fresh networks",
+    )
+    critic: bool = Field(
+        default=True,
+        description="also load the critic and the reward scaler it was trained with (the "
+        "value targets' units); false: a fresh critic with the loaded policy",
+    )
+
+
 class TrainConfig(StrictModel):
     """A whole training run."""
 
@@ -208,6 +232,7 @@ class TrainConfig(StrictModel):
     lf: LFConfig = Field(default_factory=LFConfig)
     mf: MFConfig = Field(default_factory=MFConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    init: InitConfig = Field(default_factory=InitConfig)
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -217,6 +242,13 @@ class TrainConfig(StrictModel):
                 f"hf.steps_per_iter ({self.hf.steps_per_iter}) must be >= "
                 f"algo.num_minibatches ({self.algo.num_minibatches})"
             )
+        if self.hf.fidelity != "robot":
+            for key in ("robot", "port"):
+                if getattr(self.hf, key) is not None:
+                    raise ValueError(
+                        f"hf.{key} is set but hf.fidelity is '{self.hf.fidelity}': it names "
+                        f"the device of hf.fidelity: robot; remove it or set hf.fidelity: robot"
+                    )
         return self
 
     @model_validator(mode="after")

@@ -227,7 +227,8 @@ def test_run_folder_and_checkpoint_round_trip(tmp_path: Path) -> None:
         assert key in rows[-1]
     assert rows[0]["lr"] > rows[-1]["lr"] > 0  # annealed
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert ckpts == ["final.pt", "iter_000001.pt", "iter_000002.pt"]
+    assert ckpts == ["final.pt", "iter_000000.pt", "iter_000001.pt", "iter_000002.pt",
+                     "iter_000003.pt"]
     assert not list(run.rglob("*.tmp"))
 
     ckpt = load_checkpoint(res.checkpoint)
@@ -297,8 +298,8 @@ def test_interrupt_saves_a_checkpoint(tmp_path: Path, monkeypatch) -> None:
         return original(self, n_steps)
 
     monkeypatch.setattr(HFCollector, "collect", collect_then_interrupt)
-    cfg = _cfg(tmp_path)
-    with pytest.raises(KeyboardInterrupt):
+    cfg = _cfg(tmp_path, run={"checkpoint_every": 0})
+    with pytest.raises(KeyboardInterrupt, match="resume with: mfpg-robot train --resume"):
         train(cfg)
-    ckpt = load_checkpoint(Path(cfg.run.dir) / "checkpoints" / "interrupted.pt")
+    ckpt = load_checkpoint(Path(cfg.run.dir) / "checkpoints" / "iter_000001.pt")
     assert ckpt["iteration"] == 1 and ckpt["hf_steps"] == 256

@@ -15,7 +15,7 @@ from mfpg_robot.config import (
     load_train_config,
     validate_train_config,
 )
-from mfpg_robot.train import make_env, make_hf_env
+from mfpg_robot.hf_env import make_env
 from sim.robot_config import REPO_ROOT, ConfigError
 
 TRAIN_DIR = REPO_ROOT / "configs" / "train"
@@ -150,13 +150,6 @@ def test_bad_override_is_a_clear_error(tmp_path: Path, override: str, expected: 
 def test_override_with_unknown_key_names_the_override(tmp_path: Path) -> None:
     message = _error(_write(tmp_path, MINIMAL), ["algo.lrr=0.1"])
     assert "--set algo.lrr=0.1" in message and "algo.lrr: unknown key" in message
-
-
-def test_robot_fidelity_is_a_hook_with_a_clear_error() -> None:
-    cfg = validate_train_config({**MINIMAL, "hf": {"env": "mfpg/FurutaSwingup-v0",
-                                                   "fidelity": "robot", "total_steps": 4096}}, "t")
-    with pytest.raises(ConfigError, match="hf.fidelity: 'robot' needs the hardware RobotEnv"):
-        make_hf_env(cfg)
 
 
 def test_env_errors_name_the_key() -> None:

@@ -213,6 +213,12 @@ class Algorithm(ABC):
             "optimizer": self.optimizer.state_dict(),
             "reward_scaler": self.reward_scaler and self.reward_scaler.state_dict(),
             "generator": self.generator.get_state(),
+            "accelerator": self.accelerator.state_dict(),
+            "restart_test": {
+                "point": self._restart_point and [p.clone() for p in self._restart_point],
+                "sum": self._restart_sum,
+                "n": self._restart_n,
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -222,3 +228,8 @@ class Algorithm(ABC):
         if self.reward_scaler is not None and state["reward_scaler"] is not None:
             self.reward_scaler.load_state_dict(state["reward_scaler"])
         self.generator.set_state(state["generator"])
+        self.accelerator.load_state_dict(state["accelerator"])
+        restart = state["restart_test"]
+        point = restart["point"]
+        self._restart_point = None if point is None else [p.clone() for p in point]
+        self._restart_sum, self._restart_n = float(restart["sum"]), int(restart["n"])
