@@ -39,7 +39,7 @@ from mfpg_robot.export import (
     make_session,
     read_metadata,
 )
-from mfpg_robot.robot_link import connect_robot
+from mfpg_robot.robot_link import check_port_choice, connect_robot
 from sim.robot_config import RobotConfig
 
 
@@ -112,6 +112,7 @@ def deploy(
     """Run `episodes` episodes of the exported `policy` on `robot` (module docstring)."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    check_port_choice(port, emulate)
     with onnx_policy(policy) as path:
         meta = read_metadata(path)
         check_policy_matches(meta, robot, str(policy))

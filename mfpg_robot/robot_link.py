@@ -521,6 +521,15 @@ def recover(driver: SerialDriver, recovery: dict[str, list[float]]) -> np.ndarra
 
 
 # -- connect_robot ------------------------------------------------------------------------------
+def check_port_choice(port: str | None, emulate: bool) -> None:
+    """`ConfigError` when both a port and the emulator are asked for."""
+    if port is not None and emulate:
+        raise ConfigError(
+            f"both a port ('{port}') and the emulator were asked for: pass --port PATH to use "
+            "a robot (or an emulator you started), or --emulate to start one, not both"
+        )
+
+
 @dataclass
 class RobotLink:
     """An open link: the env, the port, the emulator (or None) and the pre-flight record."""
@@ -542,11 +551,7 @@ def connect_robot(
     env_kwargs: dict[str, Any] | None = None,
 ) -> Iterator[RobotLink]:
     """Connect, pre-flight and yield a `RobotLink`; torque off and emulator stopped on exit."""
-    if port is not None and emulate:
-        raise ConfigError(
-            f"both a port ('{port}') and the emulator were asked for: pass --port PATH to use "
-            "a robot (or an emulator you started), or --emulate to start one, not both"
-        )
+    check_port_choice(port, emulate)
     emulator = EmulatorProcess(robot) if emulate else None
     env: RobotEnv | None = None
     driver: SerialDriver | None = None
