@@ -46,3 +46,15 @@ def test_machine_stalls_rejects_work_longer_than_the_period() -> None:
     proc = _run("machine_stalls.py", "--seconds", "0.1", "--busy-ms", "5")
     assert proc.returncode == 2
     assert "--busy-ms must be in [0, period)" in proc.stderr
+
+
+def test_inference_latency_times_both_backends(tmp_path: Path) -> None:
+    out = tmp_path / "latency.json"
+    proc = _run("inference_latency.py", "--calls", "200", "--blocks", "2", "--warmup", "10",
+                "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    for name in ("onnxruntime", "torch"):
+        p = result["latency_us"][name]
+        assert p["n"] == 200 and 0 < p["p50"] <= p["p99"] <= p["max"]
+    assert isinstance(result["target_met"], bool) and "onnxruntime" in proc.stdout
