@@ -35,7 +35,7 @@ def one_torch_thread():
 
 def short_config(env: str, algo: str, pairing: str, steps_per_iter: int, run_dir) -> TrainConfig:
     """A tiny run: a few iterations of `steps_per_iter` HF steps, minimal LF work."""
-    iterations = 3 if steps_per_iter < 1000 else 2
+    iterations = 3 if steps_per_iter < 512 else 2
     return validate_train_config({
         "seed": 1,
         "algo": {"name": algo, "num_minibatches": 4, "update_epochs": 1, "hidden": [16]},
