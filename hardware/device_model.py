@@ -112,6 +112,13 @@ class Twin:
             latency_steps=int(_custom_numeric(self.model, "mfpg_sensor_latency_steps")),
             quantise=bool(_custom_numeric(self.model, "mfpg_quantise_encoders")),
         )
+        if robot.actuation.type == "position":
+            # The firmware clamps targets (DeviceModel._command); the servo itself takes any
+            # target in the joint's hard range, e.g. its present position on an end stop.
+            for aid, name in zip(self.act_ids, robot.actuated_joints, strict=True):
+                hard = robot.joint(name).hard_limits
+                if hard is not None:
+                    self.model.actuator_ctrlrange[aid] = (hard.lower, hard.upper)
         self.set_torque(False)
         self.set_state(np.array([robot.reset.home.get(n, 0.0) for n in robot.joint_names]))
 

@@ -474,8 +474,9 @@ def recover(driver: SerialDriver, recovery: dict[str, list[float]]) -> np.ndarra
     """Torque on; move servo joints outside their soft limits back inside; return the hold.
 
     Targets move at `reset.homing_speed` from the measured position; joints without a
-    recovery hold where they are. Checked every period: device faults, torque still on,
-    speeds within the velocity limits, done within `reset.max_settle_s` plus the travel time.
+    recovery hold where they are; done once the joints are within the settle tolerances of
+    the goal (`reset.settle_*`). Checked every period: device faults, torque still on, speeds
+    within the velocity limits, done within `reset.max_settle_s` plus the travel time.
     On any problem torque goes off and `PreflightError` says why.
     """
     robot = driver.robot
@@ -503,8 +504,11 @@ def recover(driver: SerialDriver, recovery: dict[str, list[float]]) -> np.ndarra
                            f"estopped={state.estopped}, torque on={state.enabled})")
             elif np.any(np.abs(state.velocities) > vlim):
                 problem = f"a joint moved too fast ({state.velocities.round(3).tolist()})"
-            elif np.array_equal(ref, goal) and np.all(
-                np.abs(state.positions[act] - goal) <= robot.reset.settle_position_tolerance
+            elif (
+                np.array_equal(ref, goal)
+                and np.all(np.abs(state.positions[act] - goal)
+                           <= robot.reset.settle_position_tolerance)
+                and np.all(np.abs(state.velocities) <= robot.reset.settle_velocity_tolerance)
             ):
                 return ref
             elif scheduler.clock() - t0 > limit_s:

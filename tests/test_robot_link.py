@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 import serial
 
+from hardware.device_model import DeviceModel
 from hardware.driver import RobotConnectionError
+from hardware.protocol import Command, Enable, FaultFlag, Frame
 from hardware.serial_driver import SerialDriver
 from mfpg_robot.robot_link import (
     EmulatorProcess,
@@ -208,6 +210,38 @@ def test_arm2_resting_on_its_end_stop_is_recovered_by_a_slow_move() -> None:
             assert state.positions[0] < robot.joint("shoulder").soft_limits.upper
             link.env.reset(seed=0)
     assert [e["kind"] for e in events if e["source"] == "preflight"] == ["recovery"]
+
+
+def test_the_device_lets_a_servo_on_its_end_stop_move_back_but_not_further_out() -> None:
+    """The firmware rules the recovery move relies on (DeviceModel in-process, no pty)."""
+    arm2 = load_robot_config("arm2")
+    dev = DeviceModel(arm2)
+    now = 0
+
+    def run(periods: int) -> None:
+        nonlocal now
+        for _ in range(periods):
+            now += dev.period_us
+            dev.tick(now)
+
+    dev.twin.set_state(np.array([1.5, 0.0]))
+    run(100)  # torque off: the shoulder falls onto its end stop, just past the hard limit
+    resting, elbow = dev.twin.q_meas
+    assert resting > arm2.joint("shoulder").hard_limits.upper
+    assert not dev.faults  # a limp joint resting on its end stop is no fault
+    dev.handle(Frame(1, Enable()), now)
+    dev.handle(Frame(2, Command((1.9, elbow))), now)  # beyond: held where it is, not pushed out
+    assert dev.targets[0] == pytest.approx(resting) and dev.clamped
+    run(4)
+    assert not dev.faults and dev.enabled
+    assert dev.twin.q_meas[0] == pytest.approx(resting, abs=0.005)  # held on the stop
+    dev.handle(Frame(3, Command((resting - 0.02, elbow))), now)  # a small step back: accepted
+    assert dev.targets[0] == pytest.approx(resting - 0.02)
+    run(8)  # within the device watchdog (200 ms)
+    assert not dev.faults and dev.twin.q_meas[0] < 1.75
+    dev.twin.set_state(np.array([1.77, 0.0]))  # pushed out again after it was inside
+    run(2)
+    assert FaultFlag.LIMIT in dev.faults and not dev.enabled
 
 
 def test_the_emulator_dies_with_a_killed_parent(tmp_path: Path) -> None:
