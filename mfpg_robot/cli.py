@@ -19,6 +19,7 @@ COMMANDS = (
     "run_default",
     "export",
     "deploy",
+    "bench",
 )
 
 
