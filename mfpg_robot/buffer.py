@@ -102,6 +102,7 @@ def _state_getter(env: gym.Env):
 
 
 ResetFn = Callable[[gym.Env, int | None], tuple[np.ndarray, dict[str, Any]]]
+EndEpisodeFn = Callable[[gym.Env], None]
 SegmentSink = Callable[[Segment], None]
 
 
@@ -118,9 +119,10 @@ class HFCollector:
     step that needs one, never at the end of a rollout: a robot is not left at its start pose
     while the learner updates.
 
-    `cut_episodes`: end the running episode at the rollout's last row (truncated there, and
-    bootstrapped like a time limit). A real-time robot cannot pause mid-episode while the
-    learner updates; episodes of a simulated env run on across rollouts instead.
+    `end_episode(env)`: given, the running episode ends at the rollout's last row (truncated
+    there, bootstrapped like a time limit) and `end_episode` tells the env, as it does when
+    collection stops on an error or interrupt. A real-time robot cannot pause mid-episode
+    while the learner updates; episodes of a simulated env (None) run on across rollouts.
 
     `sink(segment)` receives the rows of every episode as it ends, and of the running one at
     the end of a rollout or when collection is interrupted (`mfpg_robot.episodes`).
@@ -132,12 +134,12 @@ class HFCollector:
     """
 
     def __init__(self, env: gym.Env, policy: GaussianPolicy, rng: np.random.Generator,
-                 seed: int, *, cut_episodes: bool = False, sink: SegmentSink | None = None,
-                 reset: ResetFn = plain_reset) -> None:
+                 seed: int, *, end_episode: EndEpisodeFn | None = None,
+                 sink: SegmentSink | None = None, reset: ResetFn = plain_reset) -> None:
         if not isinstance(env.action_space, gym.spaces.Box):
             raise TypeError(f"continuous (Box) actions needed, got {env.action_space}")
         self.env, self.policy, self.rng, self.seed = env, policy, rng, seed
-        self.cut_episodes, self.sink, self.reset_fn = cut_episodes, sink, reset
+        self.end_episode, self.sink, self.reset_fn = end_episode, sink, reset
         self.act_dim = int(np.prod(env.action_space.shape))
         self.obs_dim = int(np.prod(env.observation_space.shape))
         self._get_state = _state_getter(env)
@@ -186,14 +188,18 @@ class HFCollector:
                 self._obs = o
                 t += 1
                 natural = bool(term or trunc)
-                if natural or (self.cut_episodes and t == n_steps):
-                    rows.truncated[t - 1] |= not natural
+                if natural or (self.end_episode is not None and t == n_steps):
+                    if not natural:
+                        self.end_episode(env)
+                        rows.truncated[t - 1] = True
                     if natural:
                         returns.append(self._ep_return)
                         lengths.append(self._ep_len)
                     self._emit(rows, seg_start, t, seg_time, ended=True, cut=not natural)
                     seg_start, seg_time = t, 0.0
         except BaseException:
+            if self.end_episode is not None and self._obs is not None:
+                self.end_episode(env)
             if t > seg_start:  # the running episode is lost to the env: keep its rows
                 rows.truncated[t - 1] |= not rows.terminated[t - 1]
                 self._emit(rows, seg_start, t, seg_time, ended=True, cut=True)
@@ -227,7 +233,7 @@ class HFCollector:
                 env_rng=np_random_state(self.env) if self._seeded else None,
             ))
         if ended:
-            self._obs = None
+            self._obs, self._ep_return, self._ep_len = None, 0.0, 0
             self.episode, self.part = self.episode + 1, 0
         else:
             self.part += 1

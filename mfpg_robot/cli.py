@@ -16,6 +16,7 @@ COMMANDS = (
     "emulator",
     "probe",
     "train",
+    "dry_run",
     "run_default",
     "export",
     "deploy",

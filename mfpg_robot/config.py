@@ -179,6 +179,10 @@ class RunConfig(StrictModel):
         default=10, ge=1, description="iterations between summary lines under the progress bar"
     )
     progress: bool = Field(default=True, description="show a progress bar")
+    export: bool = Field(
+        default=True,
+        description="a finished run of a robot task writes its policy as <run>/policy.onnx",
+    )
     torch_threads: int = Field(
         default=1, ge=1, le=256,
         description="torch intra-op threads; small MLPs run fastest on 1 (more contend)",

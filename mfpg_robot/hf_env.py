@@ -29,7 +29,7 @@ import numpy as np
 
 import sim  # noqa: F401  (registers the mfpg/* envs)
 from hardware.driver import RobotError
-from mfpg_robot.buffer import ResetFn, plain_reset
+from mfpg_robot.buffer import EndEpisodeFn, ResetFn, plain_reset
 from mfpg_robot.config import TrainConfig
 from sim import ENV_IDS
 from sim.robot_config import ConfigError, RobotConfig, load_robot_config
@@ -51,8 +51,8 @@ class HFEnv:
 
     env: gym.Env
     robot: RobotConfig | None  # the robot (real, emulated or simulated) of an mfpg task
-    realtime: bool  # a device: episodes cannot pause between rollouts
     reset: ResetFn
+    end_episode: EndEpisodeFn | None  # a device: episodes end with each rollout (None: sim)
     preflight: dict[str, Any] | None = None
     port: str | None = None
 
@@ -118,6 +118,15 @@ def robot_reset(attempts: int = RESET_ATTEMPTS,
     return reset
 
 
+def end_robot_episode(env: gym.Env) -> None:
+    """End the robot's running episode before its time limit (the session's cut at a rollout's
+    end, or collection stopping): what `RobotEnv` does at an episode's end, torque off or the
+    servos held (`RobotEnv._idle`, which has no public counterpart), so that the robot never
+    waits with torque on while the learner updates."""
+    if env.unwrapped._active:
+        env.unwrapped._idle()
+
+
 @contextmanager
 def open_hf_env(
     cfg: TrainConfig,
@@ -141,7 +150,7 @@ def open_hf_env(
         robot = getattr(env.unwrapped, "robot", None)
         try:
             yield HFEnv(env=env, robot=robot if isinstance(robot, RobotConfig) else None,
-                        realtime=False, reset=plain_reset)
+                        reset=plain_reset, end_episode=None)
         finally:
             env.close()
         return
@@ -150,5 +159,6 @@ def open_hf_env(
     robot = robot_config_for(cfg)
     with connect_robot(robot, port=port if emulate else (port or cfg.hf.port), emulate=emulate,
                        confirm=confirm, on_event=on_event, env_kwargs=env_kwargs) as link:
-        yield HFEnv(env=link.env, robot=robot, realtime=True, reset=robot_reset(),
-                    preflight=link.preflight.to_dict(), port=link.port)
+        yield HFEnv(env=link.env, robot=robot, reset=robot_reset(),
+                    end_episode=end_robot_episode, preflight=link.preflight.to_dict(),
+                    port=link.port)

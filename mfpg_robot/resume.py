@@ -9,6 +9,7 @@ is refused with the keys that differ. The checkpoint is the newest `checkpoints/
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from sim.robot_config import ConfigError
 
 #: Config keys a resumed run may change.
 RESUMABLE_KEYS = ("hf.total_steps", "hf.port", "run.progress", "run.log_every",
-                  "run.checkpoint_every")
+                  "run.checkpoint_every", "run.export")
 #: Keys not compared: the run folder is the one being resumed.
 IGNORED_KEYS = ("run.dir",)
 
@@ -61,7 +62,7 @@ class Resume:
 
 def prepare_resume(
     run_dir: str | Path, config: str | Path | None, overrides: list[str] | tuple[str, ...],
-    resolve: Any,
+    resolve: Callable[[TrainConfig], tuple[TrainConfig, list[str]]],
 ) -> Resume:
     """Open `run_dir`, settle the config (`resolve(cfg) -> (cfg, notes)` applies the session's
     own rules to a given config before it is compared) and load the newest checkpoint."""

@@ -81,6 +81,7 @@ class TrainResult:
     run_dir: Path
     checkpoint: Path
     plot: Path | None
+    onnx: Path | None  # the exported policy (robot tasks, run.export)
     hf_steps: int
     robot_time_s: float  # wall time spent in the HF env's resets and steps (this run, all lives)
     safety_events: int
@@ -247,6 +248,7 @@ class Session:
 
     def __init__(self, cfg: TrainConfig, hf: HFEnv, ckpt: dict[str, Any] | None) -> None:
         self.cfg, self.hf = cfg, hf
+        self.realtime = hf.end_episode is not None  # a device, not a simulation
         env = hf.env
         self.obs_dim = int(np.prod(env.observation_space.shape))
         self.act_dim = int(np.prod(env.action_space.shape))
@@ -259,7 +261,7 @@ class Session:
         self.noise = np.random.default_rng(cfg.seed)
         self.algo = make_algorithm(cfg, self.obs_dim, self.act_dim)
         self.collector = HFCollector(env, self.algo.policy, self.noise, cfg.seed,
-                                     cut_episodes=hf.realtime, sink=self._on_segment,
+                                     end_episode=hf.end_episode, sink=self._on_segment,
                                      reset=hf.reset)
         self.recent: deque[float] = deque(maxlen=RECENT_EPISODES)
         self.iteration = 0
@@ -336,7 +338,7 @@ class Session:
             self.algo.close()
             raise
         n_iter, per_iter = cfg.num_iterations, cfg.hf.steps_per_iter
-        what = "robot" if self.hf.realtime else "env"
+        what = "robot" if self.realtime else "env"
         self._bar_steps = self.collector.total_steps
         self.bar = tqdm(total=n_iter * per_iter, initial=self._bar_steps,
                         unit="step", disable=not cfg.run.progress, dynamic_ncols=True,
@@ -357,6 +359,9 @@ class Session:
                     self.bar.write(_summary_line(row))
         except KeyboardInterrupt:
             self._write_boundary()
+            if self.realtime:
+                self._session_event("interrupt", "Ctrl+C or SIGTERM: collection stopped, "
+                                    "torque off; everything up to now is saved", "torque_off")
             raise Interrupted(self.run_dir.path) from None
         except SessionAbort as err:
             self._write_boundary()
@@ -370,12 +375,24 @@ class Session:
         self._write_boundary()
         ckpt = self.run_dir.save_checkpoint(self.boundary, "final")
         plot = self.run_dir.plot()
-        # export: `mfpg_robot.export.export_policy(run_dir, out)` once it exists (issue 10)
+        onnx = self._export() if cfg.run.export and self.task["robot"] is not None else None
         return TrainResult(
             self.algo.policy, self.algo.critic, self.algo, cfg, self.run_dir.history,
-            self.run_dir.path, ckpt, plot, self.collector.total_steps,
+            self.run_dir.path, ckpt, plot, onnx, self.collector.total_steps,
             self.collector.robot_time_s, self.run_dir.safety_events,
         )
+
+    def _export(self) -> Path | None:
+        """<run>/policy.onnx from the final checkpoint; an export that fails is logged (the
+        checkpoint is saved: `mfpg-robot export RUN_DIR` retries it)."""
+        from mfpg_robot.export import ExportCheckError, ExportError, export_policy
+
+        try:
+            return export_policy(self.run_dir.path)
+        except (ExportError, ExportCheckError) as err:
+            log.error("exporting the policy failed: %s; the final checkpoint is saved, retry "
+                      "with `mfpg-robot export %s`", err, self.run_dir.path)
+            return None
 
     def _iterate(self, iteration: int, n_iter: int, per_iter: int, start: float
                  ) -> dict[str, Any]:
@@ -394,7 +411,7 @@ class Session:
             "hf_steps": self.collector.total_steps,
             "episodes": len(buffer.episode_returns),
             "episodes_cut": int(buffer.episode_start.sum()) - len(buffer.episode_returns)
-            if self.hf.realtime else 0,
+            if self.realtime else 0,
             "return_mean": _mean(buffer.episode_returns),
             "return_recent": _mean(self.recent),
             "ep_len_mean": _mean(buffer.episode_lengths),
@@ -415,6 +432,14 @@ class Session:
             self.written = self.iteration
 
     # -- operator view ----------------------------------------------------------------------
+    def _session_event(self, kind: str, detail: str, stop: str) -> None:
+        """A session event in safety.jsonl (the format of the robot link's events) and the
+        log."""
+        log.warning("session %s: %s", kind, detail)
+        self.run_dir.log_safety({"time_s": time.monotonic(), "wall_time": time.time(),
+                                 "source": "session", "kind": kind, "detail": detail,
+                                 "stop": stop})
+
     def _on_segment(self, seg: Segment) -> None:
         self.store.write(seg)
         self._bar_steps += len(seg)
@@ -428,13 +453,13 @@ class Session:
         row = self._last
         assert self.bar is not None
         fields = {
-            "robot" if self.hf.realtime else "env": f"{self.collector.robot_time_s:.0f}s",
+            "robot" if self.realtime else "env": f"{self.collector.robot_time_s:.0f}s",
             "ret": f"{_mean(self.recent):.1f}",
         }
         if "mf/rho" in row:
             fields["rho"] = f"{row['mf/rho']:.2f}"
             fields["c"] = f"{row['mf/c']:.2f}"
-        if self.hf.realtime:
+        if self.realtime:
             fields["safety"] = str(self.run_dir.safety_events)
         self.bar.set_postfix(fields, refresh=False)
 
