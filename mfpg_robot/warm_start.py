@@ -10,8 +10,9 @@ session on the robot that starts from it. Loaded:
   critic. The scaler's running discounted return starts at 0 (a new episode).
 Not loaded: optimiser state, the accel rule, random generators (the new run's own seed).
 
-The checkpoint must be of the same task (`hf.env`), robot, observation and action size and
-hidden layer sizes, else `CheckpointError` says which differs. `init.checkpoint` may name a
+The checkpoint must be of the same robot (joints), observation and action size and hidden
+layer sizes, else `CheckpointError` says which differs (its task may differ: e.g. a Gymnasium
+id registered with another time limit). `init.checkpoint` may name a
 .pt file or a run folder (its final checkpoint, else its newest `iter_*.pt`).
 """
 
@@ -57,8 +58,10 @@ def warm_start(algo: Algorithm, init: InitConfig, task: dict[str, Any]) -> str:
     assert init.checkpoint is not None
     path = init_checkpoint_path(init.checkpoint)
     ckpt = load_checkpoint(path)
-    check_checkpoint_task(ckpt, path, task, "init.checkpoint must be a policy of this task "
-                          "and robot (e.g. trained on its LF model, hf.fidelity: reduced)")
+    same_robot = {**task, "env": None}  # another task of the same robot and layout may do
+    check_checkpoint_task(ckpt, path, same_robot, "init.checkpoint must be a policy of this "
+                          "robot and observation layout (e.g. trained on its LF model, "
+                          "hf.fidelity: reduced)")
     hidden = list(ckpt["config"]["algo"]["hidden"])
     if hidden != list(algo.cfg.algo.hidden):
         raise CheckpointError(
