@@ -10,10 +10,13 @@ with the LF-pretrained policy.
     mfpg-robot bench sample-efficiency --out runs/bench --jobs 2                # the full suite
     mfpg-robot bench sample-efficiency --out runs/bench --tasks furuta-twin-calibrated
 
-Tasks are the entries of TASKS, or any `<robot>-<HF model>-<LF model>` of a robot task
-(ROBOT_TASKS; the model names of its robot config). Methods, their HF budget and their
-hyper-parameters are the METHODS table below; LF_PRETRAIN is the LF-only training that
-`ppo_lf_only`, `ppo_lf_finetune` and `mfppo_lf_finetune` share (cached per task and seed).
+Tasks are the entries of TASKS (the full suite: SUITE), or any `<robot>-<HF model>-<LF
+model>` of a robot task (ROBOT_TASKS; the model names of its robot config). The off-dynamics
+tasks (HF: a stock Gymnasium env with one physical change, `benchmarks.offdynamics`; LF: the
+stock env) run the methods that need no LF reset-to-state or warm start across env ids
+(HF_ONLY). Methods, their HF budget and their hyper-parameters are the METHODS table below;
+LF_PRETRAIN is the LF-only training that `ppo_lf_only`, `ppo_lf_finetune` and
+`mfppo_lf_finetune` share (cached per task and seed).
 
 Each run is its own process (`run-one`, `pretrain`) writing into DIR:
 
@@ -47,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks import offdynamics
 from sim.robot_config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,6 +74,7 @@ class Task:
     eval_horizon: int | None = None  # None: the env's own time limit
     curve_points: int = 8  # evaluations along [0, B]; beyond B, one per B
     overrides: dict[str, Any] = field(default_factory=dict)  # every method on this task
+    methods: tuple[str, ...] | None = None  # the methods that can run here; None: all
 
 
 @dataclass(frozen=True)
@@ -112,13 +117,25 @@ ROBOT_TASKS: dict[str, Task] = {
     "arm2": Task(ARM2, "twin", ARM2, "reduced", budget=40_960, seeds=3),
 }
 
-#: The suite (Gymnasium off-dynamics tasks join here as explicit entries).
+#: Methods that need no LF model with reset-to-state and no warm start across env ids.
+HF_ONLY = ("ppo_hf", "ppo_hf_10x", "reinforce_hf", "ppo_lf_only")
+
+#: Off-dynamics bases: stock Gymnasium env (the LF model) -> (task name prefix, B).
+#: B is not measured yet: choose it from a ppo_hf learning curve before reporting.
+OFF_DYNAMICS = {"InvertedPendulum-v5": ("pendulum", 20_480), "Hopper-v5": ("hopper", 102_400)}
+
 TASKS: dict[str, Task] = {
     "furuta-twin-reduced": ROBOT_TASKS["furuta"],
     "furuta-twin-reduced_gap": dataclasses.replace(ROBOT_TASKS["furuta"],
                                                    lf_fidelity="reduced_gap"),
     "arm2-twin-reduced": ROBOT_TASKS["arm2"],
+    **{f"{prefix}-{variant}": Task(offdynamics.env_id(base, variant), None, base, None,
+                                   budget=b, seeds=3, methods=HF_ONLY)
+       for base, (prefix, b) in OFF_DYNAMICS.items() for variant in offdynamics.VARIANTS},
 }
+
+#: The tasks of the full suite (the default of --tasks).
+SUITE = ("furuta-twin-reduced", "furuta-twin-reduced_gap", "arm2-twin-reduced")
 
 QUICK_TASKS = ("furuta-twin-reduced",)
 QUICK_METHODS = ("ppo_hf", "ppo_hf_10x", "ppo_lf_only", "mfppo")
@@ -246,7 +263,8 @@ def run_spec(task_name: str, method_name: str, seed: int, settings: Settings) ->
     task = resolve_task(task_name)
     method = LF_PRETRAIN if method_name == "pretrain" else METHODS[method_name]
     episodes, horizon = settings.eval_of(task)
-    resolved = ("seeds", "budget", "eval_episodes", "eval_horizon")  # given resolved below
+    # resolved below, or not a property of the run
+    resolved = ("seeds", "budget", "eval_episodes", "eval_horizon", "methods")
     task_def = {k: v for k, v in dataclasses.asdict(task).items() if k not in resolved}
     return {
         "format": FORMAT, "task": task_name, "method": method_name, "seed": seed,
@@ -436,17 +454,21 @@ class Job:
         return f"{self.task} {self.method} s{self.seed}"
 
 
+def runnable(task: str, methods: list[str]) -> list[str]:
+    """The methods of `methods` that `task` can run."""
+    allowed = resolve_task(task).methods
+    return [m for m in methods if allowed is None or m in allowed]
+
+
 def plan(tasks: list[str], methods: list[str], seeds: dict[str, list[int]]) -> list[Job]:
     """Every run of the sweep, LF pretraining first (the warm-started runs need it)."""
     jobs: list[Job] = []
-    warm = any(METHODS[m].warm_start for m in methods)
     for t in tasks:
-        for s in seeds[t]:
-            if warm:
-                jobs.append(Job(t, "pretrain", s))
+        if any(METHODS[m].warm_start for m in runnable(t, methods)):
+            jobs += [Job(t, "pretrain", s) for s in seeds[t]]
     for t in tasks:
         # larger budgets first, so that the sweep ends on short runs
-        for m in sorted(methods, key=lambda m: -METHODS[m].budget_factor):
+        for m in sorted(runnable(t, methods), key=lambda m: -METHODS[m].budget_factor):
             for s in seeds[t]:
                 needs = (Job(t, "pretrain", s).key,) if METHODS[m].warm_start else ()
                 jobs.append(Job(t, m, s, needs))
@@ -567,7 +589,9 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help=f"{', '.join(QUICK_TASKS)}: {', '.join(QUICK_METHODS)}, seeds "
                         f"{' '.join(map(str, QUICK_SEEDS))} (flags below override)")
-    p.add_argument("--tasks", nargs="+", help=f"default: {' '.join(TASKS)}")
+    others = " ".join(t for t in TASKS if t not in SUITE)
+    p.add_argument("--tasks", nargs="+", help=f"default: {' '.join(SUITE)}; also: {others}, "
+                   "and <robot>-<HF model>-<LF model>")
     p.add_argument("--methods", nargs="+", help=f"default: {' '.join(METHODS)}")
     p.add_argument("--seeds", nargs="+", type=int, help="default: 0..n-1, n per task")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
@@ -599,7 +623,7 @@ def sweep(argv: list[str]) -> int:
 
     args = sweep_parser().parse_args(argv)
     settings = _settings(args)
-    tasks = args.tasks or list(QUICK_TASKS if args.quick else TASKS)
+    tasks = args.tasks or list(QUICK_TASKS if args.quick else SUITE)
     methods = args.methods or list(QUICK_METHODS if args.quick else METHODS)
     defs = {t: resolve_task(t) for t in tasks}
     check_methods(methods)
@@ -609,6 +633,13 @@ def sweep(argv: list[str]) -> int:
              for t, d in defs.items()}
     out = args.out.resolve()
     jobs = plan(tasks, methods, seeds)
+    for t in tasks:
+        left_out = sorted(set(methods) - set(runnable(t, methods)))
+        if left_out:
+            print(f"not run on {t} (it runs {', '.join(defs[t].methods or ())}): "
+                  f"{', '.join(left_out)}")
+    if not jobs:
+        raise BenchError("none of the methods can run on the tasks given")
     failed: list[str] = []
     if not args.report_only:
         check_configs(jobs, settings, out)

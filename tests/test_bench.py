@@ -1,5 +1,6 @@
 """`mfpg-robot bench sample-efficiency` end to end on a tiny budget: every run a real training
-subprocess, results.json per its schema, reruns skip finished runs, bad names exit 2.
+subprocess, results.json per its schema, reruns skip finished runs, bad names exit 2; the
+off-dynamics HF variants of stock Gymnasium envs.
 
 The returns of these runs are not judged (B = 512 HF steps, 50-step evaluations); the
 harness is: budgets, sample counts, the shared LF pretraining, evaluation of the final policy.
@@ -10,8 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import pytest
 
+from benchmarks import offdynamics
 from benchmarks.sample_efficiency import LF_PRETRAIN, TASKS, evaluate
 from mfpg_robot.cli import main
 from mfpg_robot.run_dir import policy_from_checkpoint
@@ -126,3 +130,33 @@ def test_bad_input_exits_2_listing_the_choices(
     assert bench(tmp_path / "out", "--quick", *args) == 2
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "out").exists(), "nothing runs on bad input"
+
+
+@pytest.mark.parametrize("base", offdynamics.BASES)
+def test_off_dynamics_variants_change_one_thing_of_the_stock_model(base: str) -> None:
+    stock = gym.make(base)
+    m0 = stock.unwrapped.model
+    for variant in offdynamics.VARIANTS:
+        env = gym.make(offdynamics.env_id(base, variant))
+        m = env.unwrapped.model
+        assert env.observation_space == stock.observation_space
+        assert env.action_space == stock.action_space
+        assert env.spec.max_episode_steps == stock.spec.max_episode_steps
+        k = {"x0.5": 0.5, "x2": 2.0}.get(variant.rpartition("_")[2], 1.0)
+        gravity = k if variant.startswith("gravity") else 1.0
+        friction = k if variant.startswith("friction") else 1.0
+        narrow = 0.5 if variant == "joints_narrow" else 1.0
+        np.testing.assert_allclose(m.opt.gravity, m0.opt.gravity * gravity)
+        np.testing.assert_allclose(m.geom_friction, m0.geom_friction * friction)
+        np.testing.assert_allclose(m.dof_damping, m0.dof_damping * friction)
+        np.testing.assert_allclose(m.jnt_range, m0.jnt_range * narrow)
+        np.testing.assert_array_equal(m.body_mass, m0.body_mass)
+
+
+def test_methods_a_task_cannot_run_are_left_out(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    assert bench(tmp_path / "out", "--tasks", "pendulum-gravity_x2", "--methods", "mfppo",
+                 "ppo_lf_finetune") == 2
+    captured = capsys.readouterr()
+    assert "not run on pendulum-gravity_x2 (it runs ppo_hf, " in captured.out
+    assert "none of the methods can run on the tasks given" in captured.err
