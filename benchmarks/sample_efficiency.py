@@ -13,10 +13,10 @@ with the LF-pretrained policy.
 Tasks are the entries of TASKS (the full suite: SUITE), or any `<robot>-<HF model>-<LF
 model>` of a robot task (ROBOT_TASKS; the model names of its robot config). The off-dynamics
 tasks (HF: a stock Gymnasium env with one physical change, `benchmarks.offdynamics`; LF: the
-stock env) run the methods that need no LF reset-to-state or warm start across env ids
-(HF_ONLY). Methods, their HF budget and their hyper-parameters are the METHODS table below;
-LF_PRETRAIN is the LF-only training that `ppo_lf_only`, `ppo_lf_finetune` and
-`mfppo_lf_finetune` share (cached per task and seed).
+stock env) run the methods that need no LF reset-to-state (HF_ONLY). Methods, their HF
+budget and their hyper-parameters are the METHODS table below; LF_PRETRAIN is the LF-only
+training that `ppo_lf_only`, `ppo_lf_finetune` and `mfppo_lf_finetune` share (cached per
+task and seed).
 
 Each run is its own process (`run-one`, `pretrain`) writing into DIR:
 
@@ -89,7 +89,7 @@ class Method:
 
 # ---- the tables to tune ------------------------------------------------------------------
 #: Train-config overrides of every run (before the task's and the method's own).
-COMMON: dict[str, Any] = {"run.torch_threads": 1}
+COMMON: dict[str, Any] = {"run.torch_threads": 1, "run.export": False}
 
 #: The methods and their hyper-parameters (train-config keys -> values; the rest: defaults).
 METHODS: dict[str, Method] = {
@@ -117,8 +117,8 @@ ROBOT_TASKS: dict[str, Task] = {
     "arm2": Task(ARM2, "twin", ARM2, "reduced", budget=40_960, seeds=3),
 }
 
-#: Methods that need no LF model with reset-to-state and no warm start across env ids.
-HF_ONLY = ("ppo_hf", "ppo_hf_10x", "reinforce_hf", "ppo_lf_only")
+#: Methods that need no LF model with reset-to-state (the off-dynamics tasks' LF envs have none).
+HF_ONLY = ("ppo_hf", "ppo_hf_10x", "reinforce_hf", "ppo_lf_only", "ppo_lf_finetune")
 
 #: Off-dynamics bases: stock Gymnasium env (the LF model) -> (task name prefix, B).
 #: B is not measured yet: choose it from a ppo_hf learning curve before reporting.

@@ -156,7 +156,7 @@ def test_off_dynamics_variants_change_one_thing_of_the_stock_model(base: str) ->
 def test_methods_a_task_cannot_run_are_left_out(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture) -> None:
     assert bench(tmp_path / "out", "--tasks", "pendulum-gravity_x2", "--methods", "mfppo",
-                 "ppo_lf_finetune") == 2
+                 "mfreinforce") == 2
     captured = capsys.readouterr()
     assert "not run on pendulum-gravity_x2 (it runs ppo_hf, " in captured.out
     assert "none of the methods can run on the tasks given" in captured.err
