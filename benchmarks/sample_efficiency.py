@@ -40,6 +40,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -498,8 +499,17 @@ def _summary(out: Path, job: Job) -> str:
     return f"HF return {ret:.1f}, {data['wall_s']:.0f} s"
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def run_jobs(jobs: list[Job], out: Path, settings: Settings, workers: int) -> list[str]:
-    """Run the jobs as subprocesses, `workers` at a time; returns the keys that failed."""
+    """Run the jobs as subprocesses, `workers` at a time; returns the keys that failed.
+
+    Ctrl+C or SIGTERM stops the running jobs (their unfinished runs leave no result) and
+    raises KeyboardInterrupt.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     done, failed = set(), []
