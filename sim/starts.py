@@ -27,3 +27,27 @@ def sample_start_state(
     q += np.array([rng.uniform(-1, 1) * rst.position_noise.get(n, 0.0) for n in names])
     v = np.array([rng.uniform(-1, 1) * rst.velocity_noise.get(n, 0.0) for n in names])
     return q, v, task.sample_task_state(rng)
+
+
+#: Exploring starts: velocities drawn within this fraction of each joint's velocity limit.
+EXPLORING_VELOCITY_FRACTION = 0.05
+
+
+def sample_exploring_start(
+    robot: RobotConfig, task: Task, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, TaskState]:
+    """A start spread over the whole state space: each joint uniform within its soft limits
+    (a full turn for continuous joints), velocities uniform within
+    `EXPLORING_VELOCITY_FRACTION` of the joint's velocity limit, then the task's variables.
+
+    For training in simulation only (e.g. on the LF model before a robot session): starts
+    near every state, the upright pendulum included, let the critic learn early what the
+    goal is worth. A robot always starts from its reset procedure (`sample_start_state`).
+    """
+    q = np.empty(len(robot.joints))
+    v = np.empty(len(robot.joints))
+    for i, joint in enumerate(robot.joints):
+        lim = joint.soft_limits
+        q[i] = rng.uniform(-np.pi, np.pi) if lim is None else rng.uniform(lim.lower, lim.upper)
+        v[i] = rng.uniform(-1, 1) * EXPLORING_VELOCITY_FRACTION * joint.velocity_limit
+    return q, v, task.sample_task_state(rng)
