@@ -6,10 +6,22 @@ rule from `mfpg_robot.accel`. Every optimisation step goes through `_optimizer_s
 accelerated rule (optimistic, extragradient, Nesterov, meta) applies to every algorithm.
 
 Per iteration the trainer calls `update(buffer, progress)`: the learning rate is annealed,
-the subclass's `_learn` takes its gradient steps on the HF rollout, then the observation
-normaliser absorbs the rollout's observations. Updating it after the gradient steps keeps
-the normalisation the rollout was collected with fixed while its log-probs are re-evaluated,
-so the first PPO ratio is exactly 1.
+`_learn` takes the gradient steps on the HF rollout, then the observation normaliser absorbs
+the rollout's observations. Updating it after the gradient steps keeps the normalisation the
+rollout was collected with fixed while its log-probs are re-evaluated, so the first PPO ratio
+is exactly 1.
+
+`_learn` is the one update loop of every algorithm; a subclass supplies its pieces:
+
+    state = prepare(buffer)                      # advantages, returns (MF: LF samples, c)
+    for epoch in range(update_epochs):
+        for loss_fn in minibatch_losses(state):  # drawn afresh each epoch
+            one optimiser step on loss_fn        # `_optimizer_step`, through the accel rule
+        if stop_epochs(last step's diagnostics): break         # PPO: `target_kl`
+    metrics = diagnostics averaged over the steps, grad_steps, finish(state)
+
+A step's diagnostics are those of its first evaluation with gradients (the point the step
+starts from), whatever else the rule evaluates.
 
 The update rule in the trainers (`algo.accel`, options `algo.accel_options`, see docs/accel.md):
 - options default to `trainer_accel_options` (user options win): Adam's lr is already a step
@@ -68,6 +80,10 @@ def trainer_accel_options(name: str, lr: float, options: Mapping[str, Any]) -> d
     return {**defaults, **options}
 
 
+#: The loss of one optimiser step, bound to its minibatch, with its detached diagnostics.
+LossFn = Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
 class LossClosure:
     """The closure of one optimiser step: zero grads, loss, backward, clip the global norm.
 
@@ -93,6 +109,15 @@ class LossClosure:
     def value(self) -> float:
         """The loss at the current parameters, without gradients."""
         return float(self.loss_fn())
+
+
+def record_first_gradient_eval(last: dict[str, torch.Tensor],
+                               info: dict[str, torch.Tensor]) -> None:
+    """Keep in `last` the diagnostics of a step's first evaluation with gradients: the point the
+    step starts from (extragradient's look-ahead and Nesterov's no-grad restart test re-evaluate
+    the same closure elsewhere)."""
+    if torch.is_grad_enabled() and not last:
+        last.update(info)
 
 
 def restart_momentum(accelerator: Accelerator) -> None:
@@ -198,9 +223,49 @@ class Algorithm(ABC):
         metrics["accel/grad_evals"] = float(self.grad_evals)
         return metrics
 
-    @abstractmethod
     def _learn(self, buffer: RolloutBuffer) -> dict[str, float]:
-        """Gradient steps on one HF rollout; returns scalar metrics (losses, KL, ...)."""
+        """The update loop (module docstring) on one HF rollout; returns scalar metrics."""
+        state = self.prepare(buffer)
+        sums: dict[str, float] = {}
+        n_steps = 0
+        last: dict[str, torch.Tensor] = {}
+        for _epoch in range(self.cfg.algo.update_epochs):
+            for minibatch_loss in self.minibatch_losses(state):
+                last = {}
+
+                def loss_fn(minibatch_loss: LossFn = minibatch_loss,
+                            last: dict[str, torch.Tensor] = last) -> torch.Tensor:
+                    loss, info = minibatch_loss()
+                    record_first_gradient_eval(last, info)
+                    return loss
+
+                self._optimizer_step(self._clipped_closure(loss_fn))
+                for k, v in last.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                n_steps += 1
+            if self.stop_epochs(last):
+                break
+        metrics = {k: v / n_steps for k, v in sums.items()}
+        metrics["grad_steps"] = float(n_steps)
+        metrics.update(self.finish(state))
+        return metrics
+
+    # -- what each algorithm supplies to the loop -------------------------------------------
+    @abstractmethod
+    def prepare(self, buffer: RolloutBuffer) -> Any:
+        """The data the iteration's steps read, fixed before the first step (advantages, ...)."""
+
+    @abstractmethod
+    def minibatch_losses(self, state: Any) -> list[LossFn]:
+        """One epoch: the loss of each optimiser step, bound to its minibatch (drawn here)."""
+
+    def stop_epochs(self, last: dict[str, torch.Tensor]) -> bool:
+        """Whether to skip the remaining epochs, from the diagnostics of an epoch's last step."""
+        return False
+
+    @abstractmethod
+    def finish(self, state: Any) -> dict[str, float]:
+        """Work after the last step (MF: the LF critic's fit) and the iteration's metrics."""
 
     def close(self) -> None:  # noqa: B027 (a hook: the base holds nothing to release)
         """Release what the algorithm holds besides tensors (MF variants: LF thread pools)."""

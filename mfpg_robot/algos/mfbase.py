@@ -1,5 +1,9 @@
 """The low-fidelity half of MF-PPO and MF-REINFORCE, and their shared bookkeeping.
 
+Per iteration, `MultiFidelity.pair_lf` turns the HF batch into an `MFBatch` (the LF samples
+paired with the rollout, their advantages, `c` and the gradient diagnostics) before the first
+step, and `MultiFidelity.finish` fits the LF critic after the last one.
+
 `LFSide` owns everything LF: the batched collector on the LF model (`lf.env`, `lf.fidelity`),
 the pairing (`lf.pairing`), an LF critic with its own optimiser, the control-variate
 coefficient tracker (`mf.c_ema`, `mf.min_pairs`) and a seeded generator for LF noise and
@@ -29,12 +33,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
+from torch import Tensor
 
+from mfpg_robot.algos.ppo import Batch
 from mfpg_robot.buffer import RolloutBuffer
 from mfpg_robot.config import TrainConfig
 from mfpg_robot.estimators import (
@@ -224,22 +231,83 @@ class LFSide:
         self.stat_gen.set_state(state["stat_gen"])
 
 
+def surrogate_at_old(policy: torch.nn.Module, obs: Tensor, act: Tensor, adv: Tensor) -> Tensor:
+    """A * log pi(a|s): per-sample, its gradient at the sampling policy equals the gradient of
+    both the clipped PPO surrogate (ratio 1) and the REINFORCE surrogate."""
+    return adv * policy.log_prob(obs, act)
+
+
+def lf_advantages(lf: LFSamples, norm: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Paired and reference LF advantages, normalised together (one transform for both)."""
+    p, r = lf.paired.advantages, lf.ref.advantages
+    if not norm:
+        return p, r
+    both = np.concatenate([p, r])
+    return normalise(p, both), normalise(r, both)
+
+
+class LFTensors:
+    """An `LFPart` as float32 tensors with (normalised) advantages."""
+
+    def __init__(self, part: LFPart, advantages: np.ndarray) -> None:
+        self.obs = torch.as_tensor(part.obs)
+        self.actions = torch.as_tensor(part.actions)
+        self.logprobs = torch.as_tensor(part.logprobs, dtype=torch.float32)
+        self.advantages = torch.as_tensor(advantages, dtype=torch.float32)
+
+
+@dataclass
+class MFBatch:
+    """An MF iteration's data, fixed before its first step: the HF rollout and batch (with the
+    advantages the steps use), the LF samples paired with it, and `c` with its diagnostics."""
+
+    buffer: RolloutBuffer
+    hf: Batch
+    lf: LFSamples
+    paired: LFTensors
+    ref: LFTensors
+    c: float  # the coefficient the steps apply
+    rho: float  # this batch's HF/LF correlation
+    c_batch: float  # this batch's own c estimate (not applied)
+    grad: tuple[float, float]  # measured gradient-variance ratio and its best c
+
+
 class MultiFidelity:
     """What MF-PPO and MF-REINFORCE add to their single-fidelity base class (mix in first):
-    the LF side's checkpoint state, its per-iteration metrics and the release of its threads."""
+    the LF samples of an iteration, the LF critic's fit and metrics after its steps, the LF
+    side's checkpoint state and the release of its threads."""
 
+    cfg: TrainConfig
+    generator: torch.Generator
     lf: LFSide
 
-    def mf_metrics(
-        self, buffer: RolloutBuffer, c: float, rho: float, c_batch: float,
-        grad: tuple[float, float], lf: LFSamples, critic_loss: float,
-    ) -> dict[str, float]:
-        """rho, c, 1 - rho^2, gradient variance ratio, LF/HF returns and sample counts."""
+    def pair_lf(self, buffer: RolloutBuffer, batch: Batch, adv_h: np.ndarray) -> MFBatch:
+        """Collect the LF samples paired with `buffer`, their advantages (normalised together if
+        `norm_adv`), c from the on-policy surrogates A log pi of the pairs, and the gradient
+        diagnostics. `adv_h`: the HF advantages the steps use (`batch.advantages`), float64."""
+        lf = self.lf.collect(buffer)
+        adv_p, adv_r = lf_advantages(lf, self.cfg.algo.norm_adv)
+        c, rho, c_batch = self.lf.coefficient(adv_h * buffer.logprobs,
+                                              adv_p * lf.paired.logprobs,
+                                              adv_r * lf.ref.logprobs, lf)
+        grad = self.lf.gradient_stats(surrogate_at_old,
+                                      (batch.obs, batch.actions, batch.advantages), lf,
+                                      (adv_p, adv_r), c)
+        return MFBatch(buffer, batch, lf, LFTensors(lf.paired, adv_p), LFTensors(lf.ref, adv_r),
+                       c, rho, c_batch, grad)
+
+    def finish(self, state: MFBatch) -> dict[str, float]:
+        """Regress the LF critic on LF value targets; then the HF metrics, rho, c, 1 - rho^2,
+        the gradient variance ratio, LF/HF returns and sample counts."""
+        a = self.cfg.algo
+        critic_loss = self.lf.fit_critic(state.lf, len(state.buffer), a.update_epochs,
+                                         a.num_minibatches, self.generator)
         return {
-            **self.lf.stats(c, rho, c_batch, grad, lf),
+            **super().finish(state.hf),  # type: ignore[misc]
+            **self.lf.stats(state.c, state.rho, state.c_batch, state.grad, state.lf),
             "lf/critic_loss": critic_loss,
-            "hf/samples": float(len(buffer)),
-            "hf/reward_per_step": float(buffer.rewards.mean()),
+            "hf/samples": float(len(state.buffer)),
+            "hf/reward_per_step": float(state.buffer.rewards.mean()),
         }
 
     def state_dict(self) -> dict[str, Any]:

@@ -15,7 +15,9 @@ Per iteration, on one HF rollout:
    + vf_coef * HF value loss - ent_coef * entropy, with f the per-sample clipped surrogate of
    each sample's own ratio, advantage and old log-prob, n_mb the minibatch's HF rows (the sum
    form of `mf_objective`: exactly zero-mean correction with a random number of LF samples);
-6. the LF critic regressed on LF value targets.
+6. the LF critic regressed on LF value targets (`MultiFidelity.finish`).
+Steps 2 and 4 are `MultiFidelity.pair_lf`; the epoch loop is `Algorithm._learn`, and the
+early stop on `target_kl` is PPO's.
 
 Why not the naive extension (separate shuffles of HF and LF data, separate normalisations,
 per-minibatch advantage normalisation): the control variate works through the covariance of
@@ -28,49 +30,19 @@ See `mfpg_robot.algos.mfbase` for the LF critic, normalisation and c choices.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 from torch import Tensor
 
-from mfpg_robot.algos.mfbase import LFSide, MultiFidelity, normalise
-from mfpg_robot.algos.ppo import (
-    PPO,
-    Batch,
-    clipped_surrogate,
-    explained_variance,
-    ppo_diagnostics,
-    record_first_gradient_eval,
-    value_loss,
-)
+from mfpg_robot.algos.base import LossFn
+from mfpg_robot.algos.mfbase import LFSide, MFBatch, MultiFidelity, normalise
+from mfpg_robot.algos.ppo import PPO, clipped_surrogate, ppo_diagnostics, value_loss
 from mfpg_robot.buffer import RolloutBuffer
 from mfpg_robot.config import TrainConfig
 from mfpg_robot.estimators import mf_objective
-from mfpg_robot.pairing import LFPart, LFSamples
-
-
-def surrogate_at_old(policy: torch.nn.Module, obs: Tensor, act: Tensor, adv: Tensor) -> Tensor:
-    """A * log pi(a|s): per-sample, its gradient at the sampling policy equals the gradient of
-    both the clipped PPO surrogate (ratio 1) and the REINFORCE surrogate."""
-    return adv * policy.log_prob(obs, act)
-
-
-class LFTensors:
-    """An `LFPart` as float32 tensors with (normalised) advantages."""
-
-    def __init__(self, part: LFPart, advantages: np.ndarray) -> None:
-        self.obs = torch.as_tensor(part.obs)
-        self.actions = torch.as_tensor(part.actions)
-        self.logprobs = torch.as_tensor(part.logprobs, dtype=torch.float32)
-        self.advantages = torch.as_tensor(advantages, dtype=torch.float32)
-
-
-def lf_advantages(lf: LFSamples, norm: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Paired and reference LF advantages, normalised together (one transform for both)."""
-    p, r = lf.paired.advantages, lf.ref.advantages
-    if not norm:
-        return p, r
-    both = np.concatenate([p, r])
-    return normalise(p, both), normalise(r, both)
+from mfpg_robot.pairing import LFSamples
 
 
 def group_minibatches(
@@ -109,22 +81,37 @@ class MFPPO(MultiFidelity, PPO):
         super().__init__(cfg, obs_dim, act_dim)
         self.lf = LFSide(cfg, self.policy, self.critic, self.reward_scaler, cfg.algo.gae_lambda)
 
+    def prepare(self, buffer: RolloutBuffer) -> MFBatch:
+        """HF advantages as PPO, normalised over the iteration; the paired LF samples and c."""
+        batch = super().prepare(buffer)
+        adv = batch.advantages.double().numpy()
+        adv = normalise(adv, adv) if self.cfg.algo.norm_adv else adv
+        batch.advantages = torch.as_tensor(adv, dtype=torch.float32)
+        return self.pair_lf(buffer, batch, adv)
+
+    def minibatch_losses(self, s: MFBatch) -> list[LossFn]:
+        """A fresh shuffle of the HF rows in `num_minibatches` minibatches, each with the LF
+        samples anchored to its rows and its share of the reference pool."""
+        groups = group_minibatches(len(s.hf), s.lf, self.cfg.algo.num_minibatches,
+                                   self.generator)
+        return [partial(self.mf_minibatch_loss, s, idx) for idx in groups]
+
     def mf_minibatch_loss(
-        self, batch: Batch, adv_h: Tensor, paired: LFTensors, ref: LFTensors,
-        idx: tuple[Tensor, Tensor, Tensor], c: float, ref_per_paired: float,
+        self, s: MFBatch, idx: tuple[Tensor, Tensor, Tensor]
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """MF-PPO loss on one minibatch (HF rows, their LF partners and references)."""
         a = self.cfg.algo
+        batch, paired, ref = s.hf, s.paired, s.ref
         ih, ip, ir = idx
         obs = batch.obs[ih]
         new_logp = self.policy.log_prob(obs, batch.actions[ih])
-        f_h = clipped_surrogate(new_logp, batch.logprobs[ih], adv_h[ih], a.clip_coef)
+        f_h = clipped_surrogate(new_logp, batch.logprobs[ih], batch.advantages[ih], a.clip_coef)
         f_p = clipped_surrogate(self.policy.log_prob(paired.obs[ip], paired.actions[ip]),
                                 paired.logprobs[ip], paired.advantages[ip], a.clip_coef)
         f_r = clipped_surrogate(self.policy.log_prob(ref.obs[ir], ref.actions[ir]),
                                 ref.logprobs[ir], ref.advantages[ir], a.clip_coef)
-        c_mb = c if (ip.numel() and ir.numel()) else 0.0
-        pg_loss = -mf_objective(f_h, f_p, f_r, c_mb, ref_per_paired)
+        c_mb = s.c if (ip.numel() and ir.numel()) else 0.0
+        pg_loss = -mf_objective(f_h, f_p, f_r, c_mb, s.lf.ref_per_paired)
         v_loss = value_loss(self.critic(obs), batch.values[ih], batch.returns[ih],
                             a.clip_coef, a.clip_vloss).mean()
         entropy = self.policy.entropy()
@@ -132,51 +119,3 @@ class MFPPO(MultiFidelity, PPO):
         info = ppo_diagnostics(new_logp, batch.logprobs[ih], a.clip_coef, pg_loss, v_loss,
                                entropy)
         return loss, info
-
-    def _learn(self, buffer: RolloutBuffer) -> dict[str, float]:
-        a = self.cfg.algo
-        batch = self.prepare(buffer)
-        lf = self.lf.collect(buffer)
-        adv_np = batch.advantages.double().numpy()
-        adv_np = normalise(adv_np, adv_np) if a.norm_adv else adv_np
-        adv_h = torch.as_tensor(adv_np, dtype=torch.float32)
-        adv_p, adv_r = lf_advantages(lf, a.norm_adv)
-        c, rho, c_batch = self.lf.coefficient(adv_np * buffer.logprobs,
-                                              adv_p * lf.paired.logprobs,
-                                              adv_r * lf.ref.logprobs, lf)
-        grad = self.lf.gradient_stats(surrogate_at_old, (batch.obs, batch.actions, adv_h), lf,
-                                      (adv_p, adv_r), c)
-        paired, ref = LFTensors(lf.paired, adv_p), LFTensors(lf.ref, adv_r)
-
-        sums: dict[str, float] = {}
-        n_steps = 0
-        for _epoch in range(a.update_epochs):
-            for idx in group_minibatches(len(batch), lf, a.num_minibatches, self.generator):
-                last: dict[str, Tensor] = {}
-
-                def loss_fn(idx: tuple[Tensor, Tensor, Tensor] = idx,
-                            last: dict[str, Tensor] = last) -> Tensor:
-                    loss, info = self.mf_minibatch_loss(batch, adv_h, paired, ref, idx, c,
-                                                        lf.ref_per_paired)
-                    record_first_gradient_eval(last, info)
-                    return loss
-
-                self._optimizer_step(self._clipped_closure(loss_fn))
-                for k, v in last.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                n_steps += 1
-            if a.target_kl is not None and float(last["approx_kl"]) > a.target_kl:
-                break
-        critic_loss = self.lf.fit_critic(lf, len(buffer), a.update_epochs, a.num_minibatches,
-                                         self.generator)
-        metrics = {k: v / n_steps for k, v in sums.items()}
-        metrics["grad_steps"] = float(n_steps)
-        metrics["explained_variance"] = explained_variance(batch.values.numpy(),
-                                                           batch.returns.numpy())
-        metrics.update(self.mf_metrics(buffer, c, rho, c_batch, grad, lf, critic_loss))
-        return metrics
-
-
-def build_algorithm(cfg: TrainConfig, obs_dim: int, act_dim: int) -> MFPPO:
-    """Entry point used by `mfpg_robot.algos.make_algorithm`."""
-    return MFPPO(cfg, obs_dim, act_dim)

@@ -10,23 +10,24 @@ Per iteration, on one HF rollout of `hf.steps_per_iter` steps:
    global norm is clipped to `max_grad_norm`;
 4. early stop of the epochs once the approximate KL of an epoch's last minibatch exceeds
    `target_kl` (if set).
-Learning-rate annealing and observation normalisation are in `Algorithm.update`.
+The epoch loop, learning-rate annealing and observation normalisation are in
+`Algorithm._learn` and `Algorithm.update`; `PPO` supplies the steps above as its pieces.
 
-The per-sample functions (`clipped_surrogate`, `value_loss`, `normalize_advantages`) and
-`PPO.minibatch_loss` are the pieces the multi-fidelity variant reuses.
+The per-sample functions (`clipped_surrogate`, `value_loss`, `normalize_advantages`) are the
+pieces the multi-fidelity variant reuses.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from mfpg_robot.algos.base import Algorithm
+from mfpg_robot.algos.base import Algorithm, LossFn
 from mfpg_robot.buffer import RolloutBuffer
-from mfpg_robot.config import TrainConfig
 from mfpg_robot.gae import compute_gae
 
 
@@ -96,14 +97,6 @@ def ppo_diagnostics(new_logp: Tensor, old_logp: Tensor, clip_coef: float, pg_los
     }
 
 
-def record_first_gradient_eval(last: dict[str, Tensor], info: dict[str, Tensor]) -> None:
-    """Keep in `last` the diagnostics of a step's first evaluation with gradients: the point the
-    step starts from (extragradient's look-ahead and Nesterov's no-grad restart test re-evaluate
-    the same closure elsewhere)."""
-    if torch.is_grad_enabled() and not last:
-        last.update(info)
-
-
 def explained_variance(values: np.ndarray, returns: np.ndarray) -> float:
     """1 - Var(R - V) / Var(R); NaN when the returns are constant."""
     var = np.var(returns)
@@ -122,15 +115,11 @@ class PPO(Algorithm):
                                a.gamma, a.gae_lambda)
         return make_batch(buffer, adv, ret, values)
 
-    @property
-    def restart_window(self) -> int:
-        """Nesterov's restart is tested once per epoch (see `Algorithm._restart_test`)."""
-        return self.cfg.algo.num_minibatches
-
-    def minibatches(self, n: int) -> list[Tensor]:
-        """A fresh shuffle of range(n) split into `num_minibatches` index tensors."""
-        perm = torch.randperm(n, generator=self.generator)
-        return list(perm.tensor_split(self.cfg.algo.num_minibatches))
+    def minibatch_losses(self, batch: Batch) -> list[LossFn]:
+        """A fresh shuffle of the rows split into `num_minibatches` minibatches."""
+        perm = torch.randperm(len(batch), generator=self.generator)
+        return [partial(self.minibatch_loss, batch, idx)
+                for idx in perm.tensor_split(self.cfg.algo.num_minibatches)]
 
     def minibatch_loss(self, batch: Batch, idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """PPO loss on rows `idx` and its diagnostics (detached)."""
@@ -150,33 +139,17 @@ class PPO(Algorithm):
                                entropy)
         return loss, info
 
-    def _learn(self, buffer: RolloutBuffer) -> dict[str, float]:
-        a = self.cfg.algo
-        batch = self.prepare(buffer)
-        sums: dict[str, float] = {}
-        n_steps = 0
-        for _epoch in range(a.update_epochs):
-            for idx in self.minibatches(len(batch)):
-                last: dict[str, Tensor] = {}
+    def stop_epochs(self, last: dict[str, Tensor]) -> bool:
+        """CleanRL's early stop: the approximate KL of the epoch's last minibatch > target_kl."""
+        target_kl = self.cfg.algo.target_kl
+        return target_kl is not None and float(last["approx_kl"]) > target_kl
 
-                def loss_fn(idx: Tensor = idx, last: dict[str, Tensor] = last) -> Tensor:
-                    loss, info = self.minibatch_loss(batch, idx)
-                    record_first_gradient_eval(last, info)
-                    return loss
+    def finish(self, batch: Batch) -> dict[str, float]:
+        """How much of the returns' variance the rollout's values explained."""
+        return {"explained_variance": explained_variance(batch.values.numpy(),
+                                                         batch.returns.numpy())}
 
-                self._optimizer_step(self._clipped_closure(loss_fn))
-                for k, v in last.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                n_steps += 1
-            if a.target_kl is not None and float(last["approx_kl"]) > a.target_kl:
-                break  # CleanRL: judged on the epoch's last minibatch
-        metrics = {k: v / n_steps for k, v in sums.items()}
-        metrics["grad_steps"] = float(n_steps)
-        metrics["explained_variance"] = explained_variance(batch.values.numpy(),
-                                                           batch.returns.numpy())
-        return metrics
-
-
-def build_algorithm(cfg: TrainConfig, obs_dim: int, act_dim: int) -> PPO:
-    """Entry point used by `mfpg_robot.algos.make_algorithm`."""
-    return PPO(cfg, obs_dim, act_dim)
+    @property
+    def restart_window(self) -> int:
+        """Nesterov's restart is tested once per epoch (see `Algorithm._restart_test`)."""
+        return self.cfg.algo.num_minibatches

@@ -6,26 +6,24 @@ Per iteration, on one HF rollout:
    where the rollout cuts an episode, i.e. at time-limit truncation and at the rollout end);
 3. advantages A_t = G_t - V(s_t) from the critic as baseline (normalised over the batch if
    `norm_adv`), fixed for the iteration;
-4. `update_epochs` full-batch optimiser steps (default configs: 1) on
-   -mean(f) + vf_coef * 0.5 mean((V - G)^2) - ent_coef * entropy, with the per-sample
-   surrogate f = A * log pi(a|s) (the quantity MF-REINFORCE forms its control variate on).
+4. `update_epochs` full-batch optimiser steps (default configs: 1; `target_kl` does not
+   stop them) on -mean(f) + vf_coef * 0.5 mean((V - G)^2) - ent_coef * entropy, with the
+   per-sample surrogate f = A * log pi(a|s) (the quantity MF-REINFORCE forms its control
+   variate on).
+The epoch loop, learning-rate annealing and observation normalisation are in
+`Algorithm._learn` and `Algorithm.update`.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor
 
-from mfpg_robot.algos.base import Algorithm
-from mfpg_robot.algos.ppo import (
-    Batch,
-    explained_variance,
-    make_batch,
-    normalize_advantages,
-    record_first_gradient_eval,
-)
+from mfpg_robot.algos.base import Algorithm, LossFn
+from mfpg_robot.algos.ppo import Batch, explained_variance, make_batch, normalize_advantages
 from mfpg_robot.buffer import RolloutBuffer
-from mfpg_robot.config import TrainConfig
 from mfpg_robot.gae import compute_gae
 
 
@@ -61,6 +59,10 @@ class Reinforce(Algorithm):
             batch.advantages = normalize_advantages(batch.advantages)
         return batch
 
+    def minibatch_losses(self, batch: Batch) -> list[LossFn]:
+        """One full-batch step per epoch."""
+        return [partial(self.batch_loss, batch)]
+
     def batch_loss(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         """REINFORCE loss on the whole batch and its diagnostics (detached)."""
         a = self.cfg.algo
@@ -71,27 +73,7 @@ class Reinforce(Algorithm):
         loss = pg_loss - a.ent_coef * entropy + a.vf_coef * v_loss
         return loss, reinforce_diagnostics(logp, batch.logprobs, pg_loss, v_loss, entropy)
 
-    def _learn(self, buffer: RolloutBuffer) -> dict[str, float]:
-        batch = self.prepare(buffer)
-        sums: dict[str, float] = {}
-        for _ in range(self.cfg.algo.update_epochs):
-            last: dict[str, Tensor] = {}
-
-            def loss_fn(last: dict[str, Tensor] = last) -> Tensor:
-                loss, info = self.batch_loss(batch)
-                record_first_gradient_eval(last, info)
-                return loss
-
-            self._optimizer_step(self._clipped_closure(loss_fn))
-            for k, v in last.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-        metrics = {k: v / self.cfg.algo.update_epochs for k, v in sums.items()}
-        metrics["grad_steps"] = float(self.cfg.algo.update_epochs)
-        metrics["explained_variance"] = explained_variance(batch.values.numpy(),
-                                                           batch.returns.numpy())
-        return metrics
-
-
-def build_algorithm(cfg: TrainConfig, obs_dim: int, act_dim: int) -> Reinforce:
-    """Entry point used by `mfpg_robot.algos.make_algorithm`."""
-    return Reinforce(cfg, obs_dim, act_dim)
+    def finish(self, batch: Batch) -> dict[str, float]:
+        """How much of the returns' variance the rollout's values explained."""
+        return {"explained_variance": explained_variance(batch.values.numpy(),
+                                                         batch.returns.numpy())}
