@@ -121,8 +121,9 @@ class HFCollector:
 
     `end_episode(env)`: given, the running episode ends at the rollout's last row (truncated
     there, bootstrapped like a time limit) and `end_episode` tells the env, as it does when
-    collection stops on an error or interrupt. A real-time robot cannot pause mid-episode
-    while the learner updates; episodes of a simulated env (None) run on across rollouts.
+    collection stops on an error or interrupt; then `rest(env)`, if given, leaves the env at
+    rest while the learner updates. A real-time robot cannot pause mid-episode; episodes of a
+    simulated env (None) run on across rollouts.
 
     `sink(segment)` receives the rows of every episode as it ends, and of the running one at
     the end of a rollout or when collection is interrupted (`mfpg_robot.episodes`).
@@ -135,11 +136,12 @@ class HFCollector:
 
     def __init__(self, env: gym.Env, policy: GaussianPolicy, rng: np.random.Generator,
                  seed: int, *, end_episode: EndEpisodeFn | None = None,
-                 sink: SegmentSink | None = None, reset: ResetFn = plain_reset) -> None:
+                 rest: EndEpisodeFn | None = None, sink: SegmentSink | None = None,
+                 reset: ResetFn = plain_reset) -> None:
         if not isinstance(env.action_space, gym.spaces.Box):
             raise TypeError(f"continuous (Box) actions needed, got {env.action_space}")
         self.env, self.policy, self.rng, self.seed = env, policy, rng, seed
-        self.end_episode, self.sink, self.reset_fn = end_episode, sink, reset
+        self.end_episode, self.rest, self.sink, self.reset_fn = end_episode, rest, sink, reset
         self.act_dim = int(np.prod(env.action_space.shape))
         self.obs_dim = int(np.prod(env.observation_space.shape))
         self._get_state = _state_getter(env)
@@ -206,6 +208,10 @@ class HFCollector:
             raise
         if t > seg_start:  # the running episode goes on in the next rollout
             self._emit(rows, seg_start, t, seg_time, ended=False, cut=False)
+        if self.rest is not None and t > 0:
+            t0 = time.perf_counter()
+            self.rest(env)
+            self.robot_time_s += time.perf_counter() - t0
         self.total_steps += n_steps
         return rows.buffer(returns, lengths)
 

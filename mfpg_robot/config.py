@@ -116,6 +116,12 @@ class HFConfig(StrictModel):
         description="fidelity robot: serial port (--port wins); null = serial.port of the "
         "robot config",
     )
+    exploring_starts: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="simulated mfpg fidelities only: share of episodes started from a state "
+        "spread over the joints' ranges (sim.starts.sample_exploring_start), e.g. to train on "
+        "the LF model before a robot session; 0 = the robot's reset distribution only",
+    )
 
     @field_validator("total_steps")
     @classmethod
@@ -179,9 +185,10 @@ class RunConfig(StrictModel):
         default=10, ge=1, description="iterations between summary lines under the progress bar"
     )
     progress: bool = Field(default=True, description="show a progress bar")
-    export: bool = Field(
-        default=True,
-        description="a finished run of a robot task writes its policy as <run>/policy.onnx",
+    export: bool | None = Field(
+        default=None,
+        description="a finished run of a robot task writes its policy as <run>/policy.onnx; "
+        "null = sessions on the robot or emulator (hf.fidelity: robot) do, simulated runs not",
     )
     torch_threads: int = Field(
         default=1, ge=1, le=256,
@@ -253,6 +260,15 @@ class TrainConfig(StrictModel):
                         f"hf.{key} is set but hf.fidelity is '{self.hf.fidelity}': it names "
                         f"the device of hf.fidelity: robot; remove it or set hf.fidelity: robot"
                     )
+        if self.hf.exploring_starts > 0 and (
+            self.hf.fidelity in (None, "robot") or not self.hf.env.startswith("mfpg/")
+        ):
+            raise ValueError(
+                f"hf.exploring_starts ({self.hf.exploring_starts}) applies to simulated mfpg "
+                f"envs only, not to hf.env '{self.hf.env}' with hf.fidelity "
+                f"'{self.hf.fidelity}' (a robot always starts from its reset procedure); "
+                f"set it to 0"
+            )
         return self
 
     @model_validator(mode="after")

@@ -10,9 +10,11 @@ task `hf.env` (mfpg/FurutaSwingup-v0: furuta, mfpg/Arm2Reach-v0: arm2); the port
 `port` argument (`--port`), else `hf.port`, else the robot config's `serial.port`;
 `emulate=True` starts the device emulator (`mfpg_robot.robot_link.connect_robot`).
 
-A reset on the robot can fail (the reset procedure did not settle, a safety stop during the
-move home, a lost link): `robot_reset` retries it `RESET_ATTEMPTS` times in all, with a
-WARNING each time, then raises `SessionAbort`, and the session saves everything and stops.
+On the robot, an iteration's last episode ends with the rollout (`end_robot_episode`), and
+the robot is parked at rest while the learner updates (`park_robot`). A reset on the robot
+can fail (the reset procedure did not settle, a safety stop during the move home, a lost
+link): `robot_reset` retries it `RESET_ATTEMPTS` times in all, with a WARNING each time, then
+raises `SessionAbort`, and the session saves everything and stops.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from mfpg_robot.buffer import EndEpisodeFn, ResetFn, plain_reset
 from mfpg_robot.config import TrainConfig
 from sim import ENV_IDS
 from sim.robot_config import ConfigError, RobotConfig, load_robot_config
+from sim.wrappers import ExploringStarts
 
 log = logging.getLogger("mfpg_robot.session")
 
@@ -53,6 +56,7 @@ class HFEnv:
     robot: RobotConfig | None  # the robot (real, emulated or simulated) of an mfpg task
     reset: ResetFn
     end_episode: EndEpisodeFn | None  # a device: episodes end with each rollout (None: sim)
+    rest: EndEpisodeFn | None  # a device: at rest while the learner updates (None: sim)
     preflight: dict[str, Any] | None = None
     port: str | None = None
 
@@ -127,6 +131,19 @@ def end_robot_episode(env: gym.Env) -> None:
         env.unwrapped._idle()
 
 
+def park_robot(reset: ResetFn) -> EndEpisodeFn:
+    """Leave the robot at rest between rollouts: the reset procedure (move home, settle: a
+    swinging pendulum is damped), then the end-of-episode idle (torque off, or servos held).
+    Idle right after an episode instead, a furuta arm drifts with the swinging pendulum while
+    the learner updates, possibly past its hard limits, where no reset may start."""
+
+    def park(env: gym.Env) -> None:
+        reset(env, None)
+        end_robot_episode(env)
+
+    return park
+
+
 @contextmanager
 def open_hf_env(
     cfg: TrainConfig,
@@ -147,10 +164,12 @@ def open_hf_env(
         if env_kwargs:
             raise ConfigError("env_kwargs are RobotEnv options (hf.fidelity: robot only)")
         env = make_env(cfg.hf.env, cfg.hf.fidelity)
+        if cfg.hf.exploring_starts > 0:
+            env = ExploringStarts(env, cfg.hf.exploring_starts)
         robot = getattr(env.unwrapped, "robot", None)
         try:
             yield HFEnv(env=env, robot=robot if isinstance(robot, RobotConfig) else None,
-                        reset=plain_reset, end_episode=None)
+                        reset=plain_reset, end_episode=None, rest=None)
         finally:
             env.close()
         return
@@ -159,6 +178,7 @@ def open_hf_env(
     robot = robot_config_for(cfg)
     with connect_robot(robot, port=port if emulate else (port or cfg.hf.port), emulate=emulate,
                        confirm=confirm, on_event=on_event, env_kwargs=env_kwargs) as link:
-        yield HFEnv(env=link.env, robot=robot, reset=robot_reset(),
-                    end_episode=end_robot_episode, preflight=link.preflight.to_dict(),
+        reset = robot_reset()
+        yield HFEnv(env=link.env, robot=robot, reset=reset, end_episode=end_robot_episode,
+                    rest=park_robot(reset), preflight=link.preflight.to_dict(),
                     port=link.port)

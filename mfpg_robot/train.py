@@ -261,7 +261,8 @@ class Session:
         self.noise = np.random.default_rng(cfg.seed)
         self.algo = make_algorithm(cfg, self.obs_dim, self.act_dim)
         self.collector = HFCollector(env, self.algo.policy, self.noise, cfg.seed,
-                                     end_episode=hf.end_episode, sink=self._on_segment,
+                                     end_episode=hf.end_episode, rest=hf.rest,
+                                     sink=self._on_segment,
                                      reset=hf.reset)
         self.recent: deque[float] = deque(maxlen=RECENT_EPISODES)
         self.iteration = 0
@@ -375,7 +376,8 @@ class Session:
         self._write_boundary()
         ckpt = self.run_dir.save_checkpoint(self.boundary, "final")
         plot = self.run_dir.plot()
-        onnx = self._export() if cfg.run.export and self.task["robot"] is not None else None
+        export = self.realtime if cfg.run.export is None else cfg.run.export
+        onnx = self._export() if export and self.task["robot"] is not None else None
         return TrainResult(
             self.algo.policy, self.algo.critic, self.algo, cfg, self.run_dir.history,
             self.run_dir.path, ckpt, plot, onnx, self.collector.total_steps,

@@ -90,6 +90,20 @@ def test_run_folder_holds_metrics_events_episodes_checkpoints_and_plot(tmp_path)
     assert result.safety_events == 0 and (run / "safety.jsonl").read_text() == ""
 
 
+def test_a_finished_run_exports_its_policy(tmp_path) -> None:
+    cfg = {"seed": 0, "algo": {"name": "ppo", "num_minibatches": 2, "update_epochs": 1},
+           "hf": {"env": ENV, "fidelity": "reduced", "steps_per_iter": 64, "total_steps": 64},
+           "run": {"dir": str(tmp_path / "run"), "progress": False, "export": True}}
+    result = train(validate_train_config(cfg, "t"))
+    assert result.onnx == tmp_path / "run" / "policy.onnx"
+    from mfpg_robot.export import read_metadata
+
+    meta = read_metadata(result.onnx)
+    assert meta["robot"] == "furuta" and meta["hf_samples"] == 64
+    cfg["run"] = {**cfg["run"], "dir": str(tmp_path / "default"), "export": None}
+    assert train(validate_train_config(cfg, "t")).onnx is None  # simulated: not by default
+
+
 def test_warm_start_loads_policy_normaliser_critic_and_scaler(tmp_path) -> None:
     source = train(validate_train_config(_cfg(tmp_path / "lf", algo="ppo",
                                               hf={"fidelity": "reduced"}), "t"))

@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.config is None and args.resume is None:
         return _fail("train needs a CONFIG file, or --resume RUN_DIR to continue a run", 2)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mfpg_robot").setLevel(logging.INFO)  # session and robot events
     confirm = None if args.yes or args.emulate else terminal_confirm
     try:
         with logging_redirect_tqdm():
