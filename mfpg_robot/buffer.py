@@ -166,7 +166,7 @@ class HFCollector:
         rows.logprobs[:] = gaussian_logprob(rows.eps, log_std)
         returns: list[float] = []
         lengths: list[int] = []
-        t = self._replay_into(rows, returns, lengths)
+        t = replayed = self._replay_into(rows, returns, lengths)
         seg_start, seg_time = t, 0.0
         mean_fn = numpy_mean_fn(self.policy)
         env = self.env
@@ -208,7 +208,7 @@ class HFCollector:
             raise
         if t > seg_start:  # the running episode goes on in the next rollout
             self._emit(rows, seg_start, t, seg_time, ended=False, cut=False)
-        if self.rest is not None and t > 0:
+        if self.rest is not None and t > replayed:  # the env ran
             t0 = time.perf_counter()
             self.rest(env)
             self.robot_time_s += time.perf_counter() - t0

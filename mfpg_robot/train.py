@@ -57,6 +57,7 @@ from mfpg_robot.policy import Critic, GaussianPolicy
 from mfpg_robot.resume import prepare_resume
 from mfpg_robot.run_dir import (
     CHECKPOINT_FORMAT,
+    CheckpointError,
     RunDir,
     check_checkpoint_task,
     serialise,
@@ -173,7 +174,8 @@ def train(
         if isinstance(config, TrainConfig):
             raise ValueError("resume takes the run folder's config; pass a path or None")
         res = prepare_resume(resume, config, overrides, resolve_session)
-        cfg, run, ckpt = res.config, res.run, res.checkpoint
+        cfg, run = res.config, res.run
+        ckpt = None if res.checkpoint is None else (res.checkpoint, res.checkpoint_path)
         if res.changed:
             run.update_config(cfg, [f"resumed with {k}: {a!r} -> {b!r}"
                                     for k, (a, b) in res.changed.items()])
@@ -246,7 +248,9 @@ class _EventRelay:
 class Session:
     """One life of a training run (fresh, or resumed from a checkpoint); see the module doc."""
 
-    def __init__(self, cfg: TrainConfig, hf: HFEnv, ckpt: dict[str, Any] | None) -> None:
+    def __init__(self, cfg: TrainConfig, hf: HFEnv,
+                 ckpt: tuple[dict[str, Any], Path] | None) -> None:
+        """`ckpt`: (checkpoint, its path) to continue from; None: a new run."""
         self.cfg, self.hf = cfg, hf
         self.realtime = hf.end_episode is not None  # a device, not a simulation
         env = hf.env
@@ -277,20 +281,28 @@ class Session:
                 if cfg.init.checkpoint is not None:
                     log.info(warm_start(self.algo, cfg.init, self.task))
             else:
-                self._restore(ckpt)
+                self._restore(*ckpt)
         except BaseException:
             self.algo.close()
             raise
         self.boundary = serialise(self._payload())
 
-    def _restore(self, ckpt: dict[str, Any]) -> None:
-        check_checkpoint_task(ckpt, "of the run", self.task,
-                              "The run folder does not belong to this robot/task")
-        self.algo.load_state_dict(ckpt["algo"])
-        self.noise.bit_generator.state = ckpt["noise_rng"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        self.collector.load_state_dict(ckpt["collector"])
-        self.recent.extend(ckpt["recent_returns"])
+    def _restore(self, ckpt: dict[str, Any], path: Path) -> None:
+        check_checkpoint_task(ckpt, path, self.task, "It does not belong to this run: move it "
+                              "out of the run folder's checkpoints/ to resume from an earlier "
+                              "one")
+        try:
+            self.algo.load_state_dict(ckpt["algo"])
+            self.noise.bit_generator.state = ckpt["noise_rng"]
+            torch.set_rng_state(ckpt["torch_rng"])
+            self.collector.load_state_dict(ckpt["collector"])
+            self.recent.extend(ckpt["recent_returns"])
+        except (KeyError, TypeError) as err:
+            raise CheckpointError(
+                f"checkpoint {path} lacks the state to continue the run ({type(err).__name__}: "
+                f"{err}); it was not written by this version's `mfpg-robot train`: start a new "
+                f"run, warm-started from it with --set init.checkpoint={path}"
+            ) from None
         self.iteration = self.written = int(ckpt["iteration"])
 
     def _prepare_episodes(self) -> None:

@@ -177,6 +177,11 @@ def test_bad_resume_targets_and_checkpoints_are_clear_errors(tmp_path) -> None:
         train(resume=run)
     assert "robot 'arm2' (this run: 'furuta')" in str(err.value)
     assert "observation size 10 (this run: 6)" in str(err.value)
+    ckpt = torch.load(run / "checkpoints" / "iter_000001.pt", weights_only=True)
+    del ckpt["collector"]  # e.g. a checkpoint of an older version
+    torch.save(ckpt, newest)
+    with pytest.raises(CheckpointError, match="lacks the state to continue the run"):
+        train(resume=run)
 
 
 @pytest.mark.parametrize("name", ["none", "optimistic", "extragradient", "nesterov", "meta"])
