@@ -116,8 +116,7 @@ class HFCollector:
     The first reset uses `seed`; later resets continue the env's own seeded generator.
     Action noise comes from `rng` (a seeded numpy Generator, drawn for a whole rollout at
     once), so every eps is reproducible. An episode starts (`reset(env, seed)`) at the first
-    step that needs one, never at the end of a rollout: a robot is not left at its start pose
-    while the learner updates.
+    step that needs one, not at the end of the rollout before it.
 
     `end_episode(env)`: given, the running episode ends at the rollout's last row (truncated
     there, bootstrapped like a time limit) and `end_episode` tells the env, as it does when

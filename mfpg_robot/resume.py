@@ -1,9 +1,9 @@
 """`--resume RUN_DIR`: which config and checkpoint a resumed session continues from.
 
 The config is the run folder's `config.yaml`. A resume may change only what does not change
-the training itself (`RESUMABLE_KEYS`: the HF budget, the port, how often the run logs and
-checkpoints), given as `--set` overrides or by passing a config file; any other difference
-is refused with the keys that differ. The checkpoint is the newest `checkpoints/iter_*.pt`
+the training itself (`RESUMABLE_KEYS`: the HF budget, the port, how the run logs,
+checkpoints and exports, where the LF side runs), given as `--set` overrides or by passing a
+config file; any other difference is refused with the keys that differ. The checkpoint is the newest `checkpoints/iter_*.pt`
 (a run stopped before its first checkpoint starts from the beginning, in the same folder).
 """
 
@@ -25,7 +25,7 @@ from sim.robot_config import ConfigError
 
 #: Config keys a resumed run may change.
 RESUMABLE_KEYS = ("hf.total_steps", "hf.port", "run.progress", "run.log_every",
-                  "run.checkpoint_every", "run.export")
+                  "run.checkpoint_every", "run.export", "lf.backend", "lf.workers")
 #: Keys not compared: the run folder is the one being resumed.
 IGNORED_KEYS = ("run.dir",)
 

@@ -379,8 +379,11 @@ class Session:
         except SessionAbort as err:
             self._write_boundary()
             raise SessionAborted(str(err), self.run_dir.path) from err
-        except BaseException:
+        except BaseException as err:
             self._write_boundary()
+            log.error("the session stopped on %s; everything collected is saved in %s; after "
+                      "fixing the cause, resume with: %s", type(err).__name__,
+                      self.run_dir.path, resume_command(self.run_dir.path))
             raise
         finally:
             self.bar.close()
