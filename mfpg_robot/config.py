@@ -159,6 +159,32 @@ class LFConfig(StrictModel):
         "drawn from the simulator's start distribution",
     )
     nthread: int = Field(default=2, ge=1, le=256, description="threads of the batched LF stepper")
+    batch: int = Field(
+        default=8192, ge=1, le=65536,
+        description="most LF copies stepped together; the LF rollouts run in chunks of at most "
+        "this many (synced: at least M + 1), the unit lf.workers share; samples depend on it "
+        "at float rounding, never on lf.backend or lf.workers",
+    )
+    backend: Literal["local", "ray"] = Field(
+        default="local",
+        description="local: the chunks one after another in the learner's process; ray: spread "
+        "over lf.workers Ray actors (needs mfpg-robot[ray]; the cluster at RAY_ADDRESS, else "
+        "one running on this machine, else a new local one); the same samples either way",
+    )
+    workers: int = Field(
+        default=2, ge=1, le=1024,
+        description="lf.backend ray: Ray actors, each with its own LF collector and "
+        "lf.nthread CPUs",
+    )
+
+    @field_validator("backend")
+    @classmethod
+    def _ray_installed(cls, value: str) -> str:
+        if value == "ray":
+            from mfpg_robot.lf_ray import require_ray
+
+            require_ray("the ray backend")
+        return value
 
 
 class MFConfig(StrictModel):

@@ -5,9 +5,14 @@ paired with the rollout, their advantages, `c` and the gradient diagnostics) bef
 step, and `MultiFidelity.finish` fits the LF critic after the last one.
 
 `LFSide` owns everything LF: the batched collector on the LF model (`lf.env`, `lf.fidelity`),
-the pairing (`lf.pairing`), an LF critic with its own optimiser, the control-variate
-coefficient tracker (`mf.c_ema`, `mf.min_pairs`) and a seeded generator for LF noise and
-starts. Design choices (each keeps the HF/LF correlation or the estimate unbiased):
+the pairing (`lf.pairing`) and where its chunks run (`lf.backend`: in this process, or on
+`lf.workers` Ray actors, `mfpg_robot.lf_ray`), an LF critic with its own optimiser, the
+control-variate coefficient tracker (`mf.c_ema`, `mf.min_pairs`) and the LF draws' key. LF
+noise and starts come from generators keyed by (seed, collection), the collection counting
+the iterations (`mfpg_robot.pairing`): resuming restores the count, and the samples do not
+depend on the backend. A seeded generator (checkpointed) subsamples LF samples for the
+critic's fit and the gradient diagnostics. Design choices (each keeps the HF/LF correlation
+or the estimate unbiased):
 
 - One observation normalisation for both fidelities: the LF critic and the policy share the
   policy's `RunningObsNorm`, updated on HF observations only (`Algorithm.update`), so a
@@ -53,19 +58,27 @@ from mfpg_robot.estimators import (
     projected_variance_ratio,
     random_directions,
 )
-from mfpg_robot.pairing import EpisodePairing, LFPart, LFSamples, Pairing, SyncedPairing
+from mfpg_robot.pairing import (
+    CriticValues,
+    EpisodePairing,
+    LFPart,
+    LFRunner,
+    LFSamples,
+    LocalLF,
+    Pairing,
+    SyncedPairing,
+    identity_rewards,
+)
 from mfpg_robot.policy import Critic, GaussianPolicy
 from mfpg_robot.reward_norm import RewardScaler
 from sim.batched import BatchedCollector
 
-#: Most LF copies stepped in one batched call (larger batches are chunked).
-MAX_LF_BATCH = 8192
 #: LF critic training samples per HF sample (random subset of the LF samples).
 LF_CRITIC_SAMPLES_PER_HF = 8
 #: Random directions for the measured gradient-variance ratio, and samples per side it uses.
 STAT_DIRECTIONS = 2
 STAT_MAX_SAMPLES = 4096
-#: Seed offset of the LF generator (keeps it independent of the HF noise stream).
+#: Seed offset of the LF draws and generator (keeps them independent of the HF noise stream).
 LF_SEED_OFFSET = 7919
 
 
@@ -94,10 +107,26 @@ class LFSide:
         lf, a = cfg.lf, cfg.algo
         self.cfg, self.policy, self.reward_scaler = cfg, policy, reward_scaler
         env_id = lf.env or cfg.hf.env
-        need = cfg.hf.steps_per_iter * (lf.M + 1) if lf.pairing == "synced" else MAX_LF_BATCH
-        self.collector = BatchedCollector(env_id, fidelity=lf.fidelity,
-                                          n_envs=min(need, MAX_LF_BATCH), nthread=lf.nthread)
+        batch = lf.batch
+        if lf.pairing == "synced":  # an HF row's M + 1 segments run in one batch
+            batch = max(min(batch, cfg.hf.steps_per_iter * (lf.M + 1)), lf.M + 1)
+        self.runner: LFRunner
+        if lf.backend == "ray":  # here the collector only maps HF states to LF starts
+            from mfpg_robot.lf_ray import RayLF
+
+            self.collector = BatchedCollector(env_id, fidelity=lf.fidelity, n_envs=1, nthread=1)
+            try:
+                self.runner = RayLF(env_id, lf.fidelity, batch, lf.nthread, lf.workers,
+                                    torch.get_num_threads())
+            except BaseException:
+                self.collector.close()
+                raise
+        else:
+            self.collector = BatchedCollector(env_id, fidelity=lf.fidelity, n_envs=batch,
+                                              nthread=lf.nthread)
+            self.runner = LocalLF(self.collector)
         if self.collector.obs_dim != policy.obs_dim or self.collector.act_dim != policy.act_dim:
+            self.close()
             raise ValueError(
                 f"lf.env '{env_id}' has obs/act dims ({self.collector.obs_dim}, "
                 f"{self.collector.act_dim}) but hf.env has ({policy.obs_dim}, {policy.act_dim});"
@@ -105,34 +134,36 @@ class LFSide:
             )
         self.pairing: Pairing
         if lf.pairing == "synced":
-            self.pairing = SyncedPairing(self.collector, lf.k, lf.M, a.gamma, gae_lambda)
+            self.pairing = SyncedPairing(self.collector, lf.k, lf.M, a.gamma, gae_lambda,
+                                         batch=batch, runner=self.runner)
         else:
             self.pairing = EpisodePairing(self.collector, lf.lf_pool_per_hf,
                                           hf_time_limit(cfg.hf.env), a.gamma, gae_lambda,
-                                          same_starts=lf.same_starts)
+                                          same_starts=lf.same_starts, batch=batch,
+                                          runner=self.runner)
         self.critic = copy.deepcopy(hf_critic)
         self.critic.obs_norm = policy.obs_norm  # shared, not a copy
         self.critic_opt = torch.optim.Adam(self.critic.v.parameters(), lr=a.lr, eps=1e-5)
         self.coef = CoefEMA(cfg.mf.c_ema, cfg.mf.min_pairs)
-        self.rng = np.random.default_rng(cfg.seed + LF_SEED_OFFSET)
-        self.stat_gen = torch.Generator().manual_seed(cfg.seed + LF_SEED_OFFSET)
+        self.seed = cfg.seed + LF_SEED_OFFSET
+        self.collections = 0  # LF collections made: the draws' key is (seed, collections)
+        self.rng = np.random.default_rng(self.seed)
+        self.stat_gen = torch.Generator().manual_seed(self.seed)
 
     def close(self) -> None:
+        """Release the collector's thread pool and the Ray actors, if any."""
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()
         self.collector.close()
 
     # -- collection -------------------------------------------------------------------------
-    @torch.no_grad()
-    def value(self, obs: np.ndarray) -> np.ndarray:
-        out = [self.critic(torch.as_tensor(obs[i : i + 65536])).double().numpy()
-               for i in range(0, obs.shape[0], 65536)]
-        return np.concatenate(out) if out else np.zeros(0)
-
-    def scale_rewards(self, rewards: np.ndarray) -> np.ndarray:
-        return rewards if self.reward_scaler is None else self.reward_scaler.scale(rewards)
-
     def collect(self, buffer: RolloutBuffer) -> LFSamples:
         """The LF samples paired with this HF rollout (advantages from the LF critic)."""
-        return self.pairing.collect(buffer, self.policy, self.value, self.scale_rewards, self.rng)
+        self.collections += 1
+        scale = identity_rewards if self.reward_scaler is None else self.reward_scaler.scale
+        return self.pairing.collect(buffer, self.policy, CriticValues(self.critic), scale,
+                                    (self.seed, self.collections))
 
     # -- control variate --------------------------------------------------------------------
     def coefficient(
@@ -219,6 +250,7 @@ class LFSide:
             "critic_v": self.critic.v.state_dict(),
             "critic_opt": self.critic_opt.state_dict(),
             "coef": self.coef.state_dict(),
+            "collections": self.collections,
             "rng": self.rng.bit_generator.state,
             "stat_gen": self.stat_gen.get_state(),
         }
@@ -227,6 +259,7 @@ class LFSide:
         self.critic.v.load_state_dict(state["critic_v"])
         self.critic_opt.load_state_dict(state["critic_opt"])
         self.coef.load_state_dict(state["coef"])
+        self.collections = int(state["collections"])
         self.rng.bit_generator.state = state["rng"]
         self.stat_gen.set_state(state["stat_gen"])
 
