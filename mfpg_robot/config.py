@@ -258,6 +258,11 @@ class InitConfig(StrictModel):
         description="also load the critic and the reward scaler it was trained with (the "
         "value targets' units); false: a fresh critic with the loaded policy",
     )
+    log_std: float | None = Field(
+        default=None, ge=-5.0, le=2.0,
+        description="set the loaded policy's log-std (the exploration noise of the session, "
+        "e.g. -1.5 for a std of 0.22 around a good LF policy); null = keep the checkpoint's",
+    )
 
 
 class TrainConfig(StrictModel):

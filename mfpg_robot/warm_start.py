@@ -22,6 +22,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mfpg_robot.algos import Algorithm
 from mfpg_robot.config import InitConfig
 from mfpg_robot.run_dir import (
@@ -97,5 +99,9 @@ def warm_start(algo: Algorithm, init: InitConfig, task: dict[str, Any]) -> str:
             log.warning("init.checkpoint %s was trained with gamma %s, this run uses %s: its "
                         "critic's values are for the other discount", path, gamma,
                         algo.cfg.algo.gamma)
+    if init.log_std is not None:
+        with torch.no_grad():
+            algo.policy.log_std.fill_(init.log_std)
+        loaded.append(f"log-std set to {init.log_std}")
     count = int(algo.policy.obs_norm.count.item())
     return f"warm start from {path}: {', '.join(loaded)} (normaliser count {count})"

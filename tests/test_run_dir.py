@@ -130,6 +130,13 @@ def test_warm_start_loads_policy_normaliser_critic_and_scaler(tmp_path) -> None:
     assert torch.equal(start["policy"]["log_std"], ckpt["algo"]["policy"]["log_std"])
     assert not torch.equal(start["critic"]["v.0.weight"], ckpt["algo"]["critic"]["v.0.weight"])
 
+    quiet = tmp_path / "quiet"  # init.log_std: the session's exploration noise, weights kept
+    train(validate_train_config(_cfg(quiet, init={"checkpoint": str(source.checkpoint),
+                                                  "log_std": -1.5}), "t"))
+    start = load_checkpoint(quiet / "checkpoints" / "iter_000000.pt")["algo"]
+    assert torch.all(start["policy"]["log_std"] == -1.5)
+    assert torch.equal(start["policy"]["mu.0.weight"], ckpt["algo"]["policy"]["mu.0.weight"])
+
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"algo": {"hidden": [32, 32]}}, "has hidden layers [64, 64], this run [32, 32]"),
