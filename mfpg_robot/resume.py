@@ -3,8 +3,9 @@
 The config is the run folder's `config.yaml`. A resume may change only what does not change
 the training itself (`RESUMABLE_KEYS`: the HF budget, the port, how the run logs,
 checkpoints and exports, where the LF side runs), given as `--set` overrides or by passing a
-config file; any other difference is refused with the keys that differ. The checkpoint is the newest `checkpoints/iter_*.pt`
-(a run stopped before its first checkpoint starts from the beginning, in the same folder).
+config file; any other difference is refused with the keys that differ. The checkpoint is
+the newest `checkpoints/iter_*.pt` (a run stopped before its first checkpoint starts from
+the beginning, in the same folder).
 """
 
 from __future__ import annotations

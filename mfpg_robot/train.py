@@ -89,24 +89,26 @@ class TrainResult:
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl+C or SIGTERM stopped the session; everything up to then is saved in `run_dir`."""
+    """Ctrl+C or SIGTERM stopped the session; everything up to then is saved in `run_dir`;
+    `resume` is the command that continues it."""
 
-    def __init__(self, run_dir: Path) -> None:
-        super().__init__(f"interrupted; resume with: {resume_command(run_dir)}")
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, resume: str) -> None:
+        super().__init__(f"interrupted; resume with: {resume}")
+        self.run_dir, self.resume = run_dir, resume
 
 
 class SessionAborted(RuntimeError):
     """The session could not go on (e.g. the robot cannot be reset); everything is saved."""
 
-    def __init__(self, reason: str, run_dir: Path) -> None:
+    def __init__(self, reason: str, run_dir: Path, resume: str) -> None:
         super().__init__(f"{reason}; everything collected is saved in {run_dir}; resume with: "
-                         f"{resume_command(run_dir)}")
-        self.run_dir = run_dir
+                         f"{resume}")
+        self.run_dir, self.resume = run_dir, resume
 
 
-def resume_command(run_dir: Path) -> str:
-    return f"mfpg-robot train --resume {run_dir}"
+def resume_command(run_dir: Path, emulated: bool = False) -> str:
+    """The command that continues the run in `run_dir` (on the emulator if it ran there)."""
+    return f"mfpg-robot train --resume {run_dir}" + (" --emulate" if emulated else "")
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -375,15 +377,15 @@ class Session:
             if self.realtime:
                 self._session_event("interrupt", "Ctrl+C or SIGTERM: collection stopped, "
                                     "torque off; everything up to now is saved", "torque_off")
-            raise Interrupted(self.run_dir.path) from None
+            raise Interrupted(self.run_dir.path, self._resume_command()) from None
         except SessionAbort as err:
             self._write_boundary()
-            raise SessionAborted(str(err), self.run_dir.path) from err
+            raise SessionAborted(str(err), self.run_dir.path, self._resume_command()) from err
         except BaseException as err:
             self._write_boundary()
             log.error("the session stopped on %s; everything collected is saved in %s; after "
                       "fixing the cause, resume with: %s", type(err).__name__,
-                      self.run_dir.path, resume_command(self.run_dir.path))
+                      self.run_dir.path, self._resume_command())
             raise
         finally:
             self.bar.close()
@@ -447,6 +449,10 @@ class Session:
         if self.written != self.iteration:
             self.run_dir.save_checkpoint(self.boundary, _iter_name(self.iteration))
             self.written = self.iteration
+
+    def _resume_command(self) -> str:
+        emulated = bool(self.hf.preflight and self.hf.preflight.get("emulated"))
+        return resume_command(self.run_dir.path, emulated)
 
     # -- operator view ----------------------------------------------------------------------
     def _session_event(self, kind: str, detail: str, stop: str) -> None:

@@ -234,7 +234,7 @@ def test_dry_run_killed_leaves_no_emulator_and_sigterm_stops_cleanly(tmp_path) -
     assert resumed.returncode == 130, out
     lines = [line for line in out.splitlines() if "resume with:" in line]
     assert lines == [f"interrupted: the run folder {run} holds everything up to now; resume "
-                     f"with: mfpg-robot train --resume {run}"]
+                     f"with: mfpg-robot train --resume {run} --emulate"]
     events = [json.loads(line) for line in (run / "safety.jsonl").read_text().splitlines()]
     stops = [e for e in events if e["source"] == "session" and e["kind"] == "interrupt"]
     assert len(stops) == 1 and stops[0]["stop"] == "torque_off", events

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(err), 1)
     except Interrupted as err:
         print(f"interrupted: the run folder {err.run_dir} holds everything up to now; resume "
-              f"with: mfpg-robot train --resume {err.run_dir}", file=sys.stderr)
+              f"with: {err.resume}", file=sys.stderr)
         return 130
     last = result.history[-1] if result.history else {}
     print(f"run folder: {result.run_dir}")
