@@ -8,6 +8,7 @@ session on the robot that starts from it. Loaded:
   for the first iterations, and PPO would move a good policy on that noise. A multi-fidelity
   run's LF critic starts from the checkpoint's LF critic if it has one, else from the loaded
   critic. The scaler's running discounted return starts at 0 (a new episode).
+`init.log_std` (if set) replaces the loaded log-std: the session's exploration noise.
 Not loaded: optimiser state, the accel rule, random generators (the new run's own seed).
 
 The checkpoint must be of the same robot (joints), observation and action size and hidden
