@@ -38,8 +38,9 @@ def _error(path: Path, overrides: list[str] | None = None) -> str:
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_configs_load(path: Path) -> None:
     cfg = load_train_config(path)
-    kind, robot = path.stem.split("_", 1)  # <algo>_<robot>, or session_<robot> (on the robot)
-    assert kind == ("session" if cfg.hf.fidelity == "robot" else cfg.algo.name)
+    kind, robot = path.stem.split("_", 1)  # <algo|pretrain>_<robot>; session_<robot>: robot
+    assert (kind == "session") == (cfg.hf.fidelity == "robot")
+    assert kind in ("session", "pretrain", cfg.algo.name)
     assert cfg.hf.env == {"furuta": "mfpg/FurutaSwingup-v0", "arm2": "mfpg/Arm2Reach-v0"}[robot]
 
 
