@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", nargs="?", default=None,
                    help=f"train config YAML (default: {DEFAULT_SESSION.relative_to(REPO_ROOT)}"
                    "; with --resume: the run folder's config)")
-    add_arguments(p, config_required=False)
+    add_arguments(p)
     p.set_defaults(func=run)
 
 

@@ -20,12 +20,8 @@ import math
 import sys
 
 
-def add_arguments(p: argparse.ArgumentParser, *, config_required: bool) -> None:
-    """The arguments `train` and `dry-run` share."""
-    if config_required:
-        p.add_argument("config", nargs="?", default=None,
-                       help="train config YAML, e.g. configs/train/session_furuta.yaml "
-                       "(optional with --resume: the run folder's config)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options `train` and `dry-run` share."""
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue the run in RUN_DIR (after a crash, Ctrl+C, or with a larger "
                    "--set hf.total_steps)")
@@ -41,7 +37,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Train a policy. With hf.fidelity: robot the HF data comes from the robot "
         "(--port) or the device emulator (--emulate), behind the safety layer.",
     )
-    add_arguments(p, config_required=True)
+    p.add_argument("config", nargs="?", default=None,
+                   help="train config YAML, e.g. configs/train/session_furuta.yaml "
+                   "(optional with --resume: the run folder's config)")
+    add_arguments(p)
     device = p.add_mutually_exclusive_group()
     device.add_argument("--port", default=None,
                         help="the robot's serial port (hf.fidelity: robot), e.g. /dev/ttyUSB0")
