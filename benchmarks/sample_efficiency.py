@@ -9,6 +9,7 @@ with the LF-pretrained policy.
     python -m benchmarks.sample_efficiency --quick --out runs/bench-quick       # from the repo
     mfpg-robot bench sample-efficiency --out runs/bench --jobs 2                # the full suite
     mfpg-robot bench sample-efficiency --out runs/bench --tasks furuta-twin-calibrated
+    mfpg-robot bench sample-efficiency --out runs/bench --ray auto  # runs on a Ray cluster
 
 Tasks are the entries of TASKS (the full suite: SUITE), or any `<robot>-<HF model>-<LF
 model>` of a robot task (ROBOT_TASKS; the model names of its robot config). The off-dynamics
@@ -26,9 +27,11 @@ Each run is its own process (`run-one`, `pretrain`) writing into DIR:
     DIR/logs/<task>/<method>-s<seed>.log     the run's output
     DIR/results.json, DIR/<task>.png         the aggregate and one learning-curve plot per task
 
-A rerun skips every run whose result is in DIR (so an interrupted sweep continues where it
-stopped) and refuses results made with other settings (budget, evaluation, hyper-parameters,
-`--set`). Intermediate checkpoints are deleted once evaluated.
+With `--ray [ADDRESS]` every run is a Ray task instead, its files coming back to DIR
+(benchmarks/sweep_ray.py); the runs are the same. A rerun skips every run whose result is in
+DIR (so an interrupted sweep continues where it stopped) and refuses results made with other
+settings (budget, evaluation, hyper-parameters, `--set`). Intermediate checkpoints are
+deleted once evaluated.
 """
 
 from __future__ import annotations
@@ -487,13 +490,15 @@ def check_configs(jobs: list[Job], settings: Settings, out: Path) -> None:
             raise BenchError(str(err)) from None
 
 
-def _command(job: Job, out: Path, settings: Settings) -> list[str]:
+def run_command(job: Job, out: Path, settings: Settings) -> list[str]:
+    """The command line of one run's process (`run-one` or `pretrain`) writing into `out`."""
     kind = ["pretrain"] if job.method == "pretrain" else ["run-one", "--method", job.method]
     return [sys.executable, "-m", "benchmarks.sample_efficiency", *kind, "--out", str(out),
             "--task", job.task, "--seed", str(job.seed), *settings.args()]
 
 
-def _summary(out: Path, job: Job) -> str:
+def summary(out: Path, job: Job) -> str:
+    """One line on a finished run: its HF return and wall time."""
     data = json.loads(run_paths(out, job.task, job.method, job.seed)[0].read_text())
     ret = data["hf_return"] if job.method == "pretrain" else data["final_return"]
     return f"HF return {ret:.1f}, {data['wall_s']:.0f} s"
@@ -501,6 +506,18 @@ def _summary(out: Path, job: Job) -> str:
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def pending_jobs(jobs: list[Job], out: Path, settings: Settings) -> tuple[list[Job], set[str]]:
+    """(the jobs to run, the keys of those whose result is in `out` already)."""
+    pending, done = [], set()
+    for job in jobs:
+        spec = run_spec(job.task, job.method, job.seed, settings)
+        if stored_result(run_paths(out, job.task, job.method, job.seed)[0], spec) is None:
+            pending.append(job)
+        else:
+            done.add(job.key)
+    return pending, done
 
 
 def run_jobs(jobs: list[Job], out: Path, settings: Settings, workers: int) -> list[str]:
@@ -512,14 +529,8 @@ def run_jobs(jobs: list[Job], out: Path, settings: Settings, workers: int) -> li
     signal.signal(signal.SIGTERM, _interrupt)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
-    done, failed = set(), []
-    pending: list[Job] = []
-    for job in jobs:
-        spec = run_spec(job.task, job.method, job.seed, settings)
-        if stored_result(run_paths(out, job.task, job.method, job.seed)[0], spec) is None:
-            pending.append(job)
-        else:
-            done.add(job.key)
+    pending, done = pending_jobs(jobs, out, settings)
+    failed: list[str] = []
     print(f"{len(jobs)} runs: {len(done)} already in {out}, {len(pending)} to run "
           f"({workers} at a time)", flush=True)
     running: dict[str, tuple[Job, subprocess.Popen, float, Any]] = {}
@@ -539,7 +550,7 @@ def run_jobs(jobs: list[Job], out: Path, settings: Settings, workers: int) -> li
                     log = run_paths(out, job.task, job.method, job.seed)[2]
                     log.parent.mkdir(parents=True, exist_ok=True)
                     f = log.open("w")
-                    proc = subprocess.Popen(_command(job, out, settings), stdout=f,
+                    proc = subprocess.Popen(run_command(job, out, settings), stdout=f,
                                             stderr=subprocess.STDOUT, env=env)
                     running[job.key] = (job, proc, time.perf_counter(), f)
             time.sleep(0.2)
@@ -552,7 +563,7 @@ def run_jobs(jobs: list[Job], out: Path, settings: Settings, workers: int) -> li
                 log = run_paths(out, job.task, job.method, job.seed)[2]
                 if proc.returncode == 0:
                     done.add(key)
-                    print(f"[{finished}/{total}] done {key}: {_summary(out, job)}", flush=True)
+                    print(f"[{finished}/{total}] done {key}: {summary(out, job)}", flush=True)
                 else:
                     failed.append(key)
                     tail = log.read_text().strip().splitlines()[-5:]
@@ -604,7 +615,12 @@ def sweep_parser() -> argparse.ArgumentParser:
                    "and <robot>-<HF model>-<LF model>")
     p.add_argument("--methods", nargs="+", help=f"default: {' '.join(METHODS)}")
     p.add_argument("--seeds", nargs="+", type=int, help="default: 0..n-1, n per task")
-    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs in parallel (processes; with --ray the cluster's CPUs decide)")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="each run a Ray task on the cluster at ADDRESS (auto, HOST:PORT, "
+                        "ray://HOST:10001; none: the one ray.init() finds or starts); the "
+                        "runs' files come back to --out (docs/scale-out.md)")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing; aggregate what DIR holds")
     return p
@@ -653,7 +669,12 @@ def sweep(argv: list[str]) -> int:
     failed: list[str] = []
     if not args.report_only:
         check_configs(jobs, settings, out)
-        failed = run_jobs(jobs, out, settings, args.jobs)
+        if args.ray is None:
+            failed = run_jobs(jobs, out, settings, args.jobs)
+        else:
+            from benchmarks.sweep_ray import run_jobs_ray
+
+            failed = run_jobs_ray(jobs, out, settings, args.ray or None)
     context = {"command": " ".join(["mfpg-robot bench sample-efficiency", *argv]),
                "machine": _machine(), "commit": _commit()}
     report(out, tasks, methods, seeds, settings, context)
