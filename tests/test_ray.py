@@ -250,3 +250,17 @@ def test_without_ray_asking_for_it_exits_2_with_the_install_line(
     assert ("lf.backend: the ray backend needs Ray, which is not installed here: "
             "pip install 'mfpg-robot[ray]'") in err
     assert not (tmp_path / "run").exists()
+
+
+def test_lf_scaling_benchmark_runs_and_writes_its_figures(cluster, tmp_path) -> None:
+    """A tiny run of benchmarks/lf_scaling.py on the module's cluster (no figure judged)."""
+    from benchmarks import lf_scaling
+
+    out = tmp_path / "lf.json"
+    result = lf_scaling.main(["--rows", "4", "--horizon", "5", "--repeats", "1", "--actors",
+                              "1", "--break-even-rows", "2", "4", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert [s.get("actors") for s in result["scaling"]] == [None, None, 1]
+    assert all(s["steps_per_s"] > 0 for s in result["scaling"])
+    assert result["overhead"]["model_bytes"] > 0 and result["overhead"]["sample_bytes"] > 0
+    assert [s["rows"] for s in result["break_even"]["sizes"]] == [2, 4]

@@ -1,6 +1,7 @@
 """`mfpg-robot bench NAME [OPTIONS]`: run a benchmark of the source checkout's `benchmarks/`.
 
     mfpg-robot bench sample-efficiency --quick --out runs/bench-quick
+    mfpg-robot bench sample-efficiency --out runs/bench --ray auto   # on a Ray cluster
     mfpg-robot bench sample-efficiency --help        # the benchmark's own options
 
 The options go to the benchmark module's `main` unchanged; its exit status is the command's.
