@@ -24,6 +24,8 @@ from mfpg_robot.pairing import LFJob, LFModel, LFRows, simulate
 
 #: How a user without Ray gets it.
 INSTALL_HINT = "pip install 'mfpg-robot[ray]'"
+#: Seconds the LF actors may take to start (they wait for free CPUs on the cluster).
+START_TIMEOUT_S = 600.0
 
 
 class RayNotInstalled(ValueError):
@@ -87,7 +89,12 @@ class RayLF:
         self.actors = [actor.remote(env_id, fidelity, n_envs, nthread, torch_threads)
                        for _ in range(workers)]
         try:
-            ray.get([a.ready.remote() for a in self.actors])
+            ray.get([a.ready.remote() for a in self.actors], timeout=START_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise RuntimeError(f"the {workers} LF actors did not start within "
+                               f"{START_TIMEOUT_S:.0f} s: the Ray cluster has no {nthread} free "
+                               f"CPU(s) for each (other work holds them)") from None
         except ray.exceptions.RayError as err:
             self.close()
             raise RuntimeError(f"the LF actors could not start ({env_id}, {fidelity}): "
