@@ -1,4 +1,6 @@
-"""`make run`'s job, end to end on a tiny budget: a checkpoint, a plot and a summary."""
+"""`make run`'s job end to end on tiny budgets: LF pretraining (then cached), the pretrained
+policy on the emulated robot, a warm-started dry-run session against the emulator over a pty,
+the session's ONNX policy on the emulated robot, and the summary."""
 
 from __future__ import annotations
 
@@ -6,32 +8,53 @@ import subprocess
 import sys
 from pathlib import Path
 
+TINY = [
+    "--pretrain-set", "hf.total_steps=1024", "--pretrain-set", "hf.steps_per_iter=512",
+    "--pretrain-set", "algo.num_minibatches=4",
+    "--set", "hf.total_steps=1000", "--set", "hf.steps_per_iter=1000",  # one whole episode
+    "--set", "algo.num_minibatches=4", "--set", "lf.lf_pool_per_hf=2",
+    "--eval-episodes", "1", "--eval-max-steps", "100",
+]
 
-def test_run_default_trains_and_summarises(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable, "-m", "mfpg_robot.cli", "run-default",
-            "--set", "hf.total_steps=2048", "--set", "hf.steps_per_iter=1024",
-            "--set", "algo.num_minibatches=8", "--set", "lf.M=4",
-            "--set", f"run.dir={run_dir}",
-        ],
-        capture_output=True, text=True, timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
-    for line in ("HF samples               2048", "LF samples", "mean correlation rho", "mean c"):
-        assert line in out, out
-    lf_samples = int(next(ln for ln in out.splitlines() if "LF samples" in ln).split()[-1])
-    assert lf_samples > 2048, "the LF side must contribute more samples than the HF side"
+
+def _run_default(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mfpg_robot.cli", "run-default", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=400)
+
+
+def _summary(out: str) -> dict[str, str]:
+    lines = out.split("summary\n", 1)[1].splitlines()
+    return {ln[:28].strip(): ln[28:].strip() for ln in lines if ln.startswith("  ")}
+
+
+def test_run_default_pretrains_evaluates_trains_on_the_emulator_and_summarises(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "session"
+    proc = _run_default(tmp_path, *TINY, "--set", f"run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    s = _summary(proc.stdout)
+    assert int(s["HF samples"]) == 1000
+    assert int(s["LF samples"].split()[0]) > 1000, "the LF side contributes more samples"
+    assert float(s["robot (emulator) time"].removesuffix(" s")) >= 4.0  # 1000 steps at 250 Hz
+    for key in ("HF return before session", "HF return after session"):
+        assert float(s[key].split()[0]) > 0.0, key  # 100 evaluated steps, rewards >= 0
+    assert s["run folder"] == str(run_dir)
+    assert Path(s["policy (ONNX)"]).is_file() and Path(s["learning curve"]).is_file()
     assert (run_dir / "checkpoints" / "final.pt").is_file()
-    assert (run_dir / "learning_curve.png").is_file()
+    cached = list((tmp_path / "runs" / "cache").glob("pretrain-*/checkpoints/final.pt"))
+    assert len(cached) == 1
+    assert "warm start" in proc.stdout + proc.stderr
+
+    again = _run_default(tmp_path, *TINY, "--set", f"run.dir={tmp_path / 'second'}",
+                         "--eval-episodes", "0")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"LF pretraining: cached, {cached[0].relative_to(tmp_path)}" in again.stdout
 
 
 def test_run_default_rejects_a_bad_override(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "mfpg_robot.cli", "run-default", "--set", "hf.total_stepz=1"],
-        capture_output=True, text=True, timeout=60,
-    )
+    proc = _run_default(tmp_path, "--set", "hf.total_stepz=1")
     assert proc.returncode == 2
     assert "hf.total_stepz" in proc.stderr
+    proc = _run_default(tmp_path, "--set", "hf.fidelity=twin")
+    assert proc.returncode == 2 and "hf.fidelity must be robot" in proc.stderr

@@ -56,6 +56,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-episodes", type=int, default=3,
                    help="deterministic episodes on the emulated robot before and after the "
                    "session (default 3; 0 skips both evaluations)")
+    p.add_argument("--eval-max-steps", type=int, default=None, metavar="N",
+                   help="cut each evaluation episode after N steps (default: the task's "
+                   "time limit)")
     p.set_defaults(func=run)
 
 
@@ -111,11 +114,14 @@ def pretrain(config: Path, overrides: list[str]) -> Path:
     return result.checkpoint
 
 
-def evaluate_on_emulator(policy: Path, robot: RobotConfig, episodes: int, label: str) -> float:
+def evaluate_on_emulator(policy: Path, robot: RobotConfig, episodes: int, label: str,
+                         max_steps: int | None = None) -> float:
     """Mean return of `episodes` deterministic episodes of `policy` on the emulated robot."""
     from mfpg_robot.deploy import deploy, format_episode
 
-    report = deploy(policy, robot, episodes=episodes, emulate=True, seed=EVAL_SEED)
+    env_kwargs = None if max_steps is None else {"max_episode_steps": max_steps}
+    report = deploy(policy, robot, episodes=episodes, emulate=True, seed=EVAL_SEED,
+                    env_kwargs=env_kwargs)
     for ep in report.episodes:
         print(f"      {label}: {format_episode(ep)}")
     return sum(ep.episode_return for ep in report.episodes) / len(report.episodes)
@@ -157,6 +163,8 @@ def _run(args: argparse.Namespace) -> int:
                           f"hf.fidelity must be robot, not {session_cfg.hf.fidelity}")
     if args.eval_episodes < 0:
         raise ConfigError("--eval-episodes must be >= 0")
+    if args.eval_max_steps is not None and args.eval_max_steps < 1:
+        raise ConfigError("--eval-max-steps must be >= 1")
     robot = robot_config_for(session_cfg)
     t0 = time.perf_counter()
     checkpoint = pretrain(args.pretrain_config, [*seed, *args.pretrain_overrides])
@@ -164,7 +172,8 @@ def _run(args: argparse.Namespace) -> int:
     before = math.nan
     if args.eval_episodes:
         print(f"[2/4] the pretrained policy on the emulated robot, {args.eval_episodes} episodes")
-        before = evaluate_on_emulator(checkpoint, robot, args.eval_episodes, "before")
+        before = evaluate_on_emulator(checkpoint, robot, args.eval_episodes, "before",
+                                      args.eval_max_steps)
     print(f"[3/4] dry-run session: {session_cfg.algo.name}, {session_cfg.hf.total_steps} HF "
           f"steps on the emulated robot, LF = {session_cfg.lf.fidelity}, warm start from "
           f"{checkpoint}")
@@ -174,7 +183,8 @@ def _run(args: argparse.Namespace) -> int:
     after = math.nan
     if args.eval_episodes and result.onnx is not None:
         print(f"[4/4] the session's policy on the emulated robot, {args.eval_episodes} episodes")
-        after = evaluate_on_emulator(result.onnx, robot, args.eval_episodes, "after")
+        after = evaluate_on_emulator(result.onnx, robot, args.eval_episodes, "after",
+                                     args.eval_max_steps)
     s = summarise(result.history)
     print("summary")
     print(f"  LF pretraining            {t_pretrain:.0f} s (0 HF samples)")
