@@ -20,6 +20,20 @@ twin: a pendulum swinging at 20 rad/s comes to rest in ~5 s instead of ~100 s by
 alone), and a speed governor: an actuated joint faster than `reset.homing_speed` gets only
 braking effort (a swinging pendulum can still kick the arm briefly above it). Every command
 passes the safety layer.
+
+Before torque goes on, `check_startable` refuses a joint outside its hard limits, except a
+position-servo joint resting on its end stop with torque off (outside its soft limits, at most
+`HARD_STOP_SLACK` of its hard range beyond its hard limit): `end_stop_recovery` plans, and
+`recover_end_stops` carries out, a slow move of such joints back inside their soft limits.
+The pre-flight of a session (`mfpg_robot.robot_link`) and `RobotEnv.reset` share them. The move
+talks to the driver directly (the safety layer would stop at once on a position beyond a hard
+limit) and checks every period itself: device faults, torque still on, speeds within the
+velocity limits, done within `reset.max_settle_s` plus the travel time; on any problem torque
+goes off and `RecoveryError` says why.
+
+`reset.rest` (optional): a pose where the robot can rest with torque off (gravity-stable, e.g. a
+servo arm lowered towards an end stop, forearm hanging). `RobotEnv.park` moves there
+(`ResetProcedure.rest`, clipped to the soft limits) and switches torque off.
 """
 
 from __future__ import annotations
@@ -28,12 +42,22 @@ from typing import Protocol
 
 import numpy as np
 
-from hardware.driver import DeviceState, RobotError
+from hardware.driver import DeviceState, RobotDriver, RobotError
+from hardware.safety import torque_off
+from hardware.scheduler import Scheduler
 from sim.robot_config import RobotConfig
+
+#: How far beyond a hard limit (fraction of the joint's hard range) a position servo may rest,
+#: on its end stop with torque off, and still be moved out by `recover_end_stops`.
+HARD_STOP_SLACK = 0.02
 
 
 class ResetError(RobotError):
     """The reset procedure cannot bring the robot to a start state (message says why)."""
+
+
+class RecoveryError(ResetError):
+    """The end-stop recovery move stopped; torque is off (message says why)."""
 
 
 class ControlLoop(Protocol):
@@ -64,18 +88,27 @@ class ResetProcedure:
         self.soft_lo = np.array([s.lower if s else -np.inf for s in soft])
         self.soft_hi = np.array([s.upper if s else np.inf for s in soft])
         self.step_size = robot.reset.homing_speed * robot.control_dt
+        rest = robot.reset.rest
+        #: The rest pose of the actuated joints (`reset.rest`; home for joints it omits).
+        self.rest = None if rest is None else np.clip(
+            [rest.get(n, home[names.index(n)]) for n in robot.actuated_joints],
+            self.soft_lo, self.soft_hi,
+        )
 
-    def check_startable(self, state: DeviceState) -> None:
-        """Refuse to start with a joint outside its hard limits (needs the operator)."""
+    def check_startable(self, state: DeviceState) -> dict[str, list[float]]:
+        """The end-stop recoveries a start needs (`end_stop_recovery`); `ResetError` for a
+        joint outside its hard limits that no recovery may move (needs the operator)."""
+        recovery = end_stop_recovery(self.robot, state)
         for i, joint in enumerate(self.robot.joints):
             lim = joint.hard_limits
             q = state.positions[i]
-            if lim is not None and not lim.lower <= q <= lim.upper:
+            if lim is not None and not lim.lower <= q <= lim.upper and joint.name not in recovery:
                 raise ResetError(
                     f"joint '{joint.name}' at {q:.3f} is outside its hard limits "
                     f"[{lim.lower}, {lim.upper}]: with torque off, move it back inside by hand, "
                     "then reset again"
                 )
+        return recovery
 
     def run(self, loop: ControlLoop, state: DeviceState, start: np.ndarray) -> DeviceState:
         """Home, settle, move the actuated joints to `start` (all joints), settle.
@@ -150,3 +183,81 @@ class ResetProcedure:
             "check the joints move freely, or raise reset.max_settle_s (or the settle "
             "tolerances) in the robot config"
         )
+
+
+def end_stop_recovery(robot: RobotConfig, state: DeviceState) -> dict[str, list[float]]:
+    """Position-servo joints resting on an end stop: joint -> [measured, target].
+
+    A joint qualifies outside its soft limits and at most `HARD_STOP_SLACK` of its hard range
+    beyond its hard limit; its target is just inside the soft limits (by
+    `reset.settle_position_tolerance`). Empty for voltage/torque robots.
+    """
+    if robot.actuation.type != "position":
+        return {}
+    tol = robot.reset.settle_position_tolerance
+    recovery: dict[str, list[float]] = {}
+    for i, joint in enumerate(robot.joints):
+        soft, hard, q = joint.soft_limits, joint.hard_limits, float(state.positions[i])
+        if not joint.actuated or soft is None or hard is None or soft.lower <= q <= soft.upper:
+            continue
+        beyond = max(hard.lower - q, q - hard.upper, 0.0)
+        if beyond <= HARD_STOP_SLACK * (hard.upper - hard.lower):
+            recovery[joint.name] = [q, min(max(q, soft.lower + tol), soft.upper - tol)]
+    return recovery
+
+
+def recover_end_stops(
+    driver: RobotDriver,
+    recovery: dict[str, list[float]],
+    scheduler: Scheduler | None = None,
+) -> np.ndarray:
+    """Torque on; move the joints of `recovery` to their targets; return the servo targets held.
+
+    Targets move at `reset.homing_speed` from the measured position, one command per control
+    period of `scheduler` (default: a real-time one); joints without a recovery hold where they
+    are. Done once the joints are within the settle tolerances of the goal (`reset.settle_*`).
+    Checked every period (module docstring); on a problem, or any exception, torque goes off.
+    """
+    robot = driver.robot
+    act = [robot.joint_names.index(n) for n in robot.actuated_joints]
+    scheduler = scheduler if scheduler is not None else Scheduler(robot.control_dt)
+    state = driver.read_state()
+    ref = state.positions[act].astype(np.float64)
+    goal = np.array([recovery[n][1] if n in recovery else ref[j]
+                     for j, n in enumerate(robot.actuated_joints)])
+    cfg = robot.reset
+    step = cfg.homing_speed * robot.control_dt
+    vlim = np.array([j.velocity_limit for j in robot.joints])
+    limit_s = cfg.max_settle_s + float(np.max(np.abs(goal - ref))) / cfg.homing_speed
+    try:
+        driver.enable()
+        scheduler.start()
+        for _ in range(int(np.ceil(limit_s / robot.control_dt))):
+            ref = ref + np.clip(goal - ref, -step, step)
+            driver.send_command(ref)
+            scheduler.wait()
+            state = driver.read_state()
+            problem = None
+            if state.faults or state.estopped or not state.enabled:
+                problem = (f"the device stopped (faults {list(state.faults)}, "
+                           f"estopped={state.estopped}, torque on={state.enabled})")
+            elif np.any(np.abs(state.velocities) > vlim):
+                problem = f"a joint moved too fast ({state.velocities.round(3).tolist()})"
+            elif (
+                np.array_equal(ref, goal)
+                and np.all(np.abs(state.positions[act] - goal) <= cfg.settle_position_tolerance)
+                and np.all(np.abs(state.velocities) <= cfg.settle_velocity_tolerance)
+            ):
+                return ref
+            if problem is not None:
+                break
+        else:
+            problem = f"it did not reach {goal.round(4).tolist()} within {limit_s:.1f} s"
+        raise RecoveryError(
+            f"recovery move of '{robot.name}' stopped, torque off: {problem} (last positions "
+            f"{state.positions.round(4).tolist()}). With torque off, move the joints inside "
+            "their soft limits by hand, then start again."
+        )
+    except BaseException:
+        torque_off(driver)
+        raise

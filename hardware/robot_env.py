@@ -19,14 +19,20 @@ episode (`terminated=True`) and latches: `step()` raises `SafetyStopError` until
 acknowledges it. A driver error (`RobotConnectionError`: link lost, no valid reply after the
 retries) also closes the driver after the stop attempt; the next `reset()` reconnects
 (handshake, watchdog; a warning of logger `hardware.robot_env`) or raises the connection error
-while the device is still gone. At the end of an episode the robot idles: torque off for
-voltage/torque robots; position servos hold their pose, and a background `KeepAlive` re-sends
-the hold (and reads and checks the state) every `serial.watchdog_ms / 4` until the next
-`reset()` or `close()`, so that the device watchdog does not cut torque and let the arm fall.
-A problem found while idling (a safety check, a driver error) ends the keep-alive and carries
-out the stop (torque off, or one last hold that the watchdog ends).
-After a latched stop there is no keep-alive: a "hold" stop holds until the
-device watchdog turns torque off. Ctrl+C (KeyboardInterrupt) in `reset()` or `step()` turns
+while the device is still gone. At the end of an episode (its time limit, a termination, or
+`end_episode()`) the robot idles: torque off for voltage/torque robots; position servos hold
+their pose, and a background `KeepAlive` re-sends the hold (and reads and checks the state)
+every `serial.watchdog_ms / 4` until the next `reset()`, `park()` or `close()`, so that the
+device watchdog does not cut torque and let the arm fall. A problem found while idling (a
+safety check, a driver error) ends the keep-alive and carries out the stop (torque off, or one
+last hold that the watchdog ends). After a latched stop there is no keep-alive: a "hold" stop
+holds until the device watchdog turns torque off.
+
+For a long pause (a policy update), `park()` moves a robot with a `reset.rest` pose there and
+switches torque off: nothing has to keep running on the host. A position servo found resting on
+its end stop with torque off (after parking, or after a fall) is moved out slowly by the next
+`reset()` (`hardware.homing.recover_end_stops`, the pre-flight's recovery), recorded as a
+`recovery` safety event. Ctrl+C (KeyboardInterrupt) in `reset()`, `park()` or `step()` turns
 torque off, records an event, re-raises; one that lands elsewhere (e.g. in the policy) and ends
 the program is caught by an `atexit` hook that turns torque off too.
 
@@ -59,7 +65,7 @@ from hardware.driver import (
     RobotError,
     RobotFaultError,
 )
-from hardware.homing import ResetError, ResetProcedure
+from hardware.homing import ResetError, ResetProcedure, recover_end_stops
 from hardware.keepalive import KeepAlive
 from hardware.safety import SafetyEvent, SafetyLayer, SafetyStopError, torque_off
 from hardware.scheduler import Scheduler, Tick, TimingStats
@@ -138,6 +144,7 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         self._steps = 0
         self._active = False  # an episode is running (torque on, commands expected)
         self._keepalive: KeepAlive | None = None  # holding servos between episodes
+        self._parked = False  # park() left the robot at its rest pose, torque off
         self._exit_hook = functools.partial(_torque_off_at_exit, weakref.ref(self))
         atexit.register(self._exit_hook)
 
@@ -183,11 +190,59 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
             self._interrupt("step")
             raise
 
+    def end_episode(self) -> None:
+        """End the running episode now, as its time limit would (nothing to do if none runs).
+
+        Torque off for voltage/torque robots; position servos hold the measured pose, fed by
+        the keep-alive until the next `reset()`, `park()` or `close()`.
+        """
+        if not self._active:
+            return
+        self._active = False
+        state = self._state
+        try:
+            if self.safety.position_servo and state is not None and self.safety.latched is None:
+                command = self.safety.filter_command(self.safety.idle_command(state), state)
+                self.driver.send_command(command.command)
+                self.safety.commit(command.command)
+                if self.scheduler.realtime:
+                    self._start_keepalive(command.command)
+            else:
+                self.driver.disable()
+        except RobotError:
+            torque_off(self.driver)
+
+    def park(self) -> None:
+        """Leave the robot at rest, torque off, for a long pause (e.g. a policy update).
+
+        As a reset starts (any stop acknowledged, faults cleared, an end stop recovered, torque
+        on), then a move at `reset.homing_speed` to the `reset.rest` pose, settle, torque off;
+        torque goes off also when the move fails (its error is raised). `ValueError` if the
+        robot has no rest pose.
+        """
+        if self.reset_procedure.rest is None:
+            raise ValueError(
+                f"robot '{self.robot.name}' has no reset.rest pose to park at; end the episode "
+                "(end_episode()) or reset it instead"
+            )
+        try:
+            state, ref = self.reset_procedure.move(self, self._torque_on(),
+                                                   self.reset_procedure.rest)
+            self.reset_procedure.settle(self, state, ref)  # at rest before torque goes off
+            self._parked = True
+        except KeyboardInterrupt:
+            self._interrupt("park")
+            raise
+        finally:
+            self._active = False
+            if self.driver.connected:
+                torque_off(self.driver)
+
     def hold(self, command: np.ndarray) -> None:
         """Position servos with torque on, between episodes: keep `command` held.
 
         The keep-alive of the end of an episode, e.g. after a move the caller made with the
-        driver itself; it runs until the next `reset()` or `close()`.
+        driver itself; it runs until the next `reset()`, `park()` or `close()`.
         """
         if not self.safety.position_servo:
             raise ValueError(f"robot '{self.robot.name}' has no position servos to hold")
@@ -262,6 +317,28 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
             self.driver.close()
 
     def _reset(self) -> tuple[np.ndarray, dict[str, Any]]:
+        t_start = self.scheduler.clock()
+        state = self._torque_on()
+        start_q, _, task_state = sample_start_state(self.robot, self.task, self.np_random)
+        try:
+            state = self.reset_procedure.run(self, state, start_q)
+        except (ResetError, SafetyStopError):
+            self.end_episode()
+            raise
+        reset_s = self.scheduler.clock() - t_start
+        self.scheduler.clear()
+        self._task_state = {k: np.asarray(v, dtype=np.float64) for k, v in task_state.items()}
+        self._steps = 0
+        info = {"state": self.get_state(), "reset": {"duration_s": reset_s}}
+        return self._observation(state), info
+
+    def _torque_on(self) -> DeviceState:
+        """Start of a reset or park: acknowledge any stop, reconnect, clear device faults,
+        recover joints resting on an end stop, torque on; the measured state.
+
+        `ResetError` for a robot that cannot start (a joint beyond its hard limits, too hot, a
+        failed recovery move: torque off).
+        """
         self._stop_keepalive()
         self._active = False
         self.safety.reset_safety()
@@ -278,25 +355,32 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
             self.safety.record("faults_cleared", detail)
             self.driver.clear_fault()
             state = self.driver.read_state()
-        self.reset_procedure.check_startable(state)
+        recovery = self.reset_procedure.check_startable(state)
         self._check_temperature(state)
+        if recovery:
+            self._recover(recovery)
+        self._parked = False
         self.driver.enable()
         self._state = self.driver.read_state()
         self.safety.start(self._state)
-        t_start = self.scheduler.start()
+        self.scheduler.start()
         self._active = True
-        start_q, _, task_state = sample_start_state(self.robot, self.task, self.np_random)
-        try:
-            state = self.reset_procedure.run(self, self._state, start_q)
-        except (ResetError, SafetyStopError):
-            self._idle()
-            raise
-        reset_s = self.scheduler.clock() - t_start
-        self.scheduler.clear()
-        self._task_state = {k: np.asarray(v, dtype=np.float64) for k, v in task_state.items()}
-        self._steps = 0
-        info = {"state": self.get_state(), "reset": {"duration_s": reset_s}}
-        return self._observation(state), info
+        return self._state
+
+    def _recover(self, recovery: dict[str, list[float]]) -> None:
+        """Move servos resting on an end stop out of it (`recover_end_stops`), as an event."""
+        speed = self.robot.reset.homing_speed
+        moves = "; ".join(
+            f"{n} {a:+.4f} -> {b:+.4f} {self.robot.joint(n).unit} at {speed:g} "
+            f"{self.robot.joint(n).unit}/s" for n, (a, b) in recovery.items()
+        )
+        why = "parked at rest" if self._parked else "not parked there: it fell with torque off"
+        self.safety.record("recovery", f"resting on an end stop with torque off ({why}); "
+                                       f"slow move out: {moves}")
+        if not self._parked:
+            _log.warning("%s: %s resting on an end stop with torque off; moving out slowly",
+                         self.robot.name, ", ".join(recovery))
+        recover_end_stops(self.driver, recovery, self.scheduler)
 
     def _check_temperature(self, state: DeviceState) -> None:
         limit = self.robot.safety.max_temperature_c
@@ -326,7 +410,7 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         terminated = bool(self.task.terminated(q, v, ts)[0]) or event is not None
         truncated = not terminated and self._steps >= self.max_episode_steps
         if (terminated or truncated) and self._active:
-            self._idle()
+            self.end_episode()
         info = {
             "action_sent": sent_action,
             "command_sent": command,
@@ -345,22 +429,6 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         if self.safety.position_servo:
             return np.clip(command_to_action(self.robot, self.safety.previous_command), -1, 1)
         return np.zeros(self.action_space.shape)
-
-    def _idle(self) -> None:
-        """End of episode: torque off (effort robots) or hold the position (servos)."""
-        self._active = False
-        state = self._state
-        try:
-            if self.safety.position_servo and state is not None and self.safety.latched is None:
-                command = self.safety.filter_command(self.safety.idle_command(state), state)
-                self.driver.send_command(command.command)
-                self.safety.commit(command.command)
-                if self.scheduler.realtime:
-                    self._start_keepalive(command.command)
-            else:
-                self.driver.disable()
-        except RobotError:
-            torque_off(self.driver)
 
     def _start_keepalive(self, hold: np.ndarray) -> None:
         period_s = self.robot.serial.watchdog_ms / 4000.0

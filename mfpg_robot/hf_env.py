@@ -124,22 +124,33 @@ def robot_reset(attempts: int = RESET_ATTEMPTS,
 
 def end_robot_episode(env: gym.Env) -> None:
     """End the robot's running episode before its time limit (the session's cut at a rollout's
-    end, or collection stopping): what `RobotEnv` does at an episode's end, torque off or the
-    servos held (`RobotEnv._idle`, which has no public counterpart), so that the robot never
-    waits with torque on while the learner updates."""
-    if env.unwrapped._active:
-        env.unwrapped._idle()
+    end, or collection stopping): torque off, or the servos held (`RobotEnv.end_episode`), so
+    that the robot never waits with torque on for commands while the learner updates."""
+    env.unwrapped.end_episode()
 
 
 def park_robot(reset: ResetFn) -> EndEpisodeFn:
-    """Leave the robot at rest between rollouts: the reset procedure (move home, settle: a
-    swinging pendulum is damped), then the end-of-episode idle (torque off, or servos held).
-    Idle right after an episode instead, a furuta arm drifts with the swinging pendulum while
-    the learner updates, possibly past its hard limits, where no reset may start."""
+    """Leave the robot at rest between rollouts, with nothing on the host keeping it there.
+
+    A robot with a rest pose (`reset.rest`; arm2) moves there and goes limp (`RobotEnv.park`);
+    if that fails, torque is off and the next reset (with its retries) recovers it, so the
+    failure is only logged. Others run the reset procedure (move home, settle: a swinging
+    pendulum is damped), then idle (torque off, or servos held). Idle right after an episode
+    instead, a furuta arm drifts with the swinging pendulum while the learner updates, possibly
+    past its hard limits; and servos held by the keep-alive thread fall when a loaded host
+    starves it past the device watchdog (docs/sessions.md)."""
 
     def park(env: gym.Env) -> None:
-        reset(env, None)
-        end_robot_episode(env)
+        robot_env = env.unwrapped
+        if robot_env.robot.reset.rest is None:
+            reset(env, None)
+            robot_env.end_episode()
+            return
+        try:
+            robot_env.park()
+        except RobotError as err:
+            log.warning("parking the robot at its rest pose failed (%s: %s); torque is off, "
+                        "the next reset moves it", type(err).__name__, err)
 
     return park
 

@@ -26,10 +26,11 @@ Pre-flight, before any torque (the `Preflight` record is kept for the run folder
    `safety.max_temperature_c`, joints inside their soft limits. Faults left latched from before
    (e.g. WATCHDOG after a host crash) are cleared once and must stay clear. A joint between
    its soft and hard limits is brought back by the reset's slow move home for effort-driven
-   robots; a position-servo joint outside its soft limits, but at most `HARD_STOP_SLACK` of
-   its hard range beyond its hard limit (resting on its end stop with torque off), is moved
-   back by a recovery move at `reset.homing_speed` after the confirmation. Anything else
-   raises `PreflightError`;
+   robots; a position-servo joint outside its soft limits, but at most
+   `hardware.homing.HARD_STOP_SLACK` of its hard range beyond its hard limit (resting on its
+   end stop with torque off), is moved back by a recovery move at `reset.homing_speed` after
+   the confirmation (`hardware.homing.recover_end_stops`, which `RobotEnv.reset` uses too; a
+   failed move is a `PreflightError`). Anything else raises `PreflightError`;
 4. `confirm(summary)` (None: not asked, as for `--yes` and dry runs); False raises
    `OperatorAbort` with torque never switched on.
 
@@ -66,9 +67,9 @@ import numpy as np
 import yaml
 
 from hardware.driver import DeviceState, RobotConnectionError, RobotError
+from hardware.homing import RecoveryError, end_stop_recovery, recover_end_stops
 from hardware.robot_env import RobotEnv, make_robot_env
-from hardware.safety import SafetyEvent, torque_off
-from hardware.scheduler import Scheduler
+from hardware.safety import SafetyEvent
 from hardware.serial_driver import SerialDriver, describe_device
 from hardware.transport import available_ports
 from sim.actuation import command_bounds
@@ -78,7 +79,6 @@ log = logging.getLogger("mfpg_robot.robot")
 
 EMULATOR_START_TIMEOUT_S = 60.0  # imports (MuJoCo) take seconds on a loaded 2-core machine
 EMULATOR_STOP_TIMEOUT_S = 5.0  # after SIGTERM, then SIGKILL
-HARD_STOP_SLACK = 0.02  # fraction of a joint's hard range it may rest beyond a hard limit
 #: Hardware loggers whose records for this port become link events.
 LINK_LOGGERS = ("hardware.transport", "hardware.robot_env")
 _PR_SET_PDEATHSIG = 1
@@ -309,7 +309,6 @@ def inspect_state(
     Recovery moves: position-servo joint -> [measured, target just inside its soft limits].
     """
     problems, notes = [], []
-    recovery: dict[str, list[float]] = {}
     q, v = state.positions, state.velocities
     if not (np.all(np.isfinite(q)) and np.all(np.isfinite(v))):
         raise PreflightError(
@@ -318,21 +317,17 @@ def inspect_state(
             "firmware, then probe again (`mfpg-robot probe`)"
         )
     servo = robot.actuation.type == "position"
-    tol = robot.reset.settle_position_tolerance
+    recovery = end_stop_recovery(robot, state)
     for i, joint in enumerate(robot.joints):
         name, unit = joint.name, joint.unit
         if abs(v[i]) > joint.velocity_limit:
             problems.append(f"joint '{name}' moves at {v[i]:+.3f} {unit}/s, above its velocity "
                             f"limit {joint.velocity_limit} with torque off")
         soft, hard = joint.soft_limits, joint.hard_limits
-        if soft is None or hard is None or soft.lower <= q[i] <= soft.upper:
+        if soft is None or hard is None or soft.lower <= q[i] <= soft.upper or name in recovery:
             continue
         beyond = max(hard.lower - q[i], q[i] - hard.upper, 0.0)
-        slack = HARD_STOP_SLACK * (hard.upper - hard.lower)
-        if servo and joint.actuated and beyond <= slack:
-            target = min(max(q[i], soft.lower + tol), soft.upper - tol)
-            recovery[name] = [float(q[i]), float(target)]
-        elif not servo and joint.actuated and beyond == 0.0:
+        if not servo and joint.actuated and beyond == 0.0:
             notes.append(f"joint '{name}' at {q[i]:+.4f} {unit} is between its soft and hard "
                          f"limits; the reset moves it home slowly")
         else:
@@ -469,61 +464,6 @@ def terminal_confirm(summary: str) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-# -- recovery move ------------------------------------------------------------------------------
-def recover(driver: SerialDriver, recovery: dict[str, list[float]]) -> np.ndarray:
-    """Torque on; move servo joints outside their soft limits back inside; return the hold.
-
-    Targets move at `reset.homing_speed` from the measured position; joints without a
-    recovery hold where they are; done once the joints are within the settle tolerances of
-    the goal (`reset.settle_*`). Checked every period: device faults, torque still on, speeds
-    within the velocity limits, done within `reset.max_settle_s` plus the travel time.
-    On any problem torque goes off and `PreflightError` says why.
-    """
-    robot = driver.robot
-    act = [robot.joint_names.index(n) for n in robot.actuated_joints]
-    state = driver.read_state()
-    ref = state.positions[act].astype(np.float64)
-    goal = np.array([recovery.get(n, [0.0, ref[j]])[1] for j, n in
-                     enumerate(robot.actuated_joints)])
-    step = robot.reset.homing_speed * robot.control_dt
-    vlim = np.array([j.velocity_limit for j in robot.joints])
-    travel = float(np.max(np.abs(goal - ref)))
-    limit_s = robot.reset.max_settle_s + travel / robot.reset.homing_speed
-    scheduler = Scheduler(robot.control_dt, realtime=True)
-    driver.enable()
-    t0 = scheduler.start()
-    try:
-        while True:
-            ref = ref + np.clip(goal - ref, -step, step)
-            driver.send_command(ref)
-            scheduler.wait()
-            state = driver.read_state()
-            problem = None
-            if state.faults or state.estopped or not state.enabled:
-                problem = (f"the device stopped (faults {list(state.faults)}, "
-                           f"estopped={state.estopped}, torque on={state.enabled})")
-            elif np.any(np.abs(state.velocities) > vlim):
-                problem = f"a joint moved too fast ({state.velocities.round(3).tolist()})"
-            elif (
-                np.array_equal(ref, goal)
-                and np.all(np.abs(state.positions[act] - goal)
-                           <= robot.reset.settle_position_tolerance)
-                and np.all(np.abs(state.velocities) <= robot.reset.settle_velocity_tolerance)
-            ):
-                return ref
-            elif scheduler.clock() - t0 > limit_s:
-                problem = f"it did not reach {goal.round(4).tolist()} within {limit_s:.1f} s"
-            if problem is not None:
-                raise PreflightError(
-                    f"recovery move of '{robot.name}' stopped, torque off: {problem} (last "
-                    f"positions {state.positions.round(4).tolist()}). With torque off, move the "
-                    "joints inside their soft limits by hand, then start again."
-                )
-    except BaseException:
-        torque_off(driver)
-        raise
-
-
 # -- connect_robot ------------------------------------------------------------------------------
 def check_port_choice(port: str | None, emulate: bool) -> None:
     """`ConfigError` when both a port and the emulator are asked for."""
@@ -570,7 +510,10 @@ def connect_robot(
             if pre.recovery:
                 events.emit("preflight", "recovery", "; ".join(
                     f"{n}: {a:+.4f} -> {b:+.4f}" for n, (a, b) in pre.recovery.items()))
-                env.hold(recover(driver, pre.recovery))
+                try:
+                    env.hold(recover_end_stops(driver, pre.recovery))
+                except RecoveryError as err:
+                    raise PreflightError(str(err)) from None
             yield RobotLink(env=env, port=port_name, emulator=emulator, preflight=pre)
     finally:
         try:

@@ -209,7 +209,10 @@ class ResetConfig(StrictModel):
     goal (passive joints of their home value, modulo 2 pi) and every speed is below
     `settle_velocity_tolerance`, for `settle_s` in a row; a reset that does not settle within
     `max_settle_s` fails. `homing_gains`: required for voltage/torque actuation, not allowed
-    for position servos (they track the homing reference themselves).
+    for position servos (they track the homing reference themselves). `rest`: actuated joints
+    -> a pose inside the soft limits from which the robot, with torque off, settles stably
+    under gravity (e.g. a servo arm onto an end stop); parking moves there and switches torque
+    off (joints it omits go home). None: parking holds the robot at home.
     """
 
     home: dict[str, float]
@@ -221,6 +224,7 @@ class ResetConfig(StrictModel):
     settle_velocity_tolerance: float = Field(gt=0, description="settled: |velocity| below")
     max_settle_s: float = Field(gt=0, allow_inf_nan=False, description="settling time limit (s)")
     homing_gains: HomingGains | None = None
+    rest: dict[str, float] | None = None
 
     @model_validator(mode="after")
     def _settle_time(self) -> ResetConfig:
@@ -260,6 +264,16 @@ class RobotConfig(StrictModel):
             unknown = sorted(set(given) - set(names))
             if unknown:
                 raise ValueError(f"reset.{section} names unknown joints {unknown}; joints: {names}")
+        for name, value in (self.reset.rest or {}).items():
+            joint = next((j for j in self.joints if j.name == name and j.actuated), None)
+            if joint is None:
+                raise ValueError(f"reset.rest.{name}: not an actuated joint; actuated joints: "
+                                 f"{[j.name for j in self.joints if j.actuated]}")
+            soft = joint.soft_limits
+            if soft is not None and not soft.lower <= value <= soft.upper:
+                raise ValueError(f"reset.rest.{name} = {value} is outside its soft limits "
+                                 f"[{soft.lower}, {soft.upper}]; the robot is moved there "
+                                 "under torque")
         if TWIN not in self.models:
             raise ValueError(
                 f"models must name a '{TWIN}' model (the device emulator runs it); "

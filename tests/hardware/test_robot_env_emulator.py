@@ -93,6 +93,30 @@ def test_arm2_keeps_holding_between_episodes(emulator_factory, relaxed_config) -
         assert not drv.read_state().enabled  # close() turned torque off
 
 
+def test_arm2_parks_limp_on_its_end_stop_and_the_next_reset_moves_it_out(
+    emulator_factory, relaxed_config
+) -> None:
+    emulator = emulator_factory("arm2")
+    base = relaxed_config("arm2")
+    robot = base.model_copy(update={"reset": base.reset.model_copy(update={"homing_speed": 2.0})})
+    shoulder = robot.joint("shoulder").hard_limits
+    with RecordingSerialDriver(robot, port=emulator.port) as drv:
+        env = make_robot_env(robot, drv, max_episode_steps=10)
+        _episode_then_pause(env, 0.0)
+        env.park()
+        assert not any(t.name == "arm2-hold-keepalive" for t in threading.enumerate())
+        time.sleep(2 * robot.serial.watchdog_ms / 1000)  # nothing feeds the device meanwhile
+        state = drv.read_state()
+        assert not state.enabled and state.faults == ()  # limp by choice, not by the watchdog
+        assert state.positions[0] >= shoulder.upper - 1e-3  # on its end stop
+        env.reset(seed=1)
+        for _ in range(5):
+            *_, terminated, _, info = env.step(np.array([0.0, 0.0]))
+            assert not terminated, info["safety"]
+        assert [e.kind for e in env.safety_events] == ["recovery"]
+        env.close()
+
+
 def test_without_keepalive_arm2_falls_after_the_watchdog(
     emulator_factory, relaxed_config
 ) -> None:
