@@ -61,6 +61,8 @@ TOLERANCE = 1e-5
 VERIFY_SAMPLES = 1000
 OPSET = 18
 
+log = logging.getLogger(__name__)
+
 
 class ExportError(ValueError):
     """A checkpoint that cannot be exported, or an export that failed its checks."""
@@ -147,7 +149,12 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def checkpoint_robot(ckpt: dict[str, Any], path: Path) -> tuple[RobotConfig, Any, str]:
-    """(robot config, task, env id) a checkpoint was trained for; `ExportError` if none."""
+    """(robot config, task, env id) a checkpoint was trained for; `ExportError` if none.
+
+    The robot config is the one the run used: its `hf.robot` (a path or name) where that
+    loads and names the checkpoint's robot; else, with a warning, the stock config of the
+    checkpoint's robot (configs/robots/NAME.yaml; NAME from the checkpoint, else the task's).
+    """
     cfg = ckpt["config"]
     env_id = cfg.get("hf", {}).get("env")
     entry = sim.ENV_IDS.get(env_id)
@@ -158,9 +165,9 @@ def checkpoint_robot(ckpt: dict[str, Any], path: Path) -> tuple[RobotConfig, Any
             "deployment"
         )
     task_cls = entry[1]
-    ref = (ckpt.get("task") or {}).get("robot") or cfg.get("hf", {}).get("robot")
+    name = (ckpt.get("task") or {}).get("robot") or task_cls.robot
     try:
-        robot = load_robot_config(ref or task_cls.robot)
+        robot = _run_robot(cfg.get("hf", {}).get("robot"), name, path) or load_robot_config(name)
         task = task_cls(robot)
     except (ConfigError, ValueError) as err:
         raise ExportError(f"checkpoint {path}: its robot config cannot be used: {err}") from None
@@ -173,6 +180,24 @@ def checkpoint_robot(ckpt: dict[str, Any], path: Path) -> tuple[RobotConfig, Any
             "another observation layout; export a checkpoint trained on this task"
         )
     return robot, task, env_id
+
+
+def _run_robot(ref: str | None, name: str, path: Path) -> RobotConfig | None:
+    """The run's `hf.robot` config if it loads and is robot `name`; None (warned) otherwise."""
+    if not ref:
+        return None
+    try:
+        robot = load_robot_config(ref)
+    except ConfigError as err:
+        problem = f"cannot be loaded ({err})"
+    else:
+        if robot.name == name:
+            return robot
+        problem = f"is now robot '{robot.name}'"
+    log.warning("checkpoint %s: its run's robot config hf.robot '%s' %s; exporting with the "
+                "stock config of robot '%s', whose limits may differ from the run's", path,
+                ref, problem, name)
+    return None
 
 
 def _hash(data: Any) -> str:

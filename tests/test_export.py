@@ -22,6 +22,7 @@ from mfpg_robot.export import (
     ExportError,
     PolicyMismatchError,
     check_policy_matches,
+    checkpoint_robot,
     export_policy,
     read_metadata,
 )
@@ -191,3 +192,31 @@ def test_an_onnx_file_without_our_metadata_is_refused(tmp_path: Path) -> None:
     (tmp_path / "bad.onnx").write_text(json.dumps({"not": "onnx"}))
     with pytest.raises(ExportError, match="not a readable ONNX file"):
         read_metadata(tmp_path / "bad.onnx")
+
+
+def test_a_run_with_its_own_robot_config_is_exported_with_that_config(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    custom = load_robot_config("furuta").model_dump(mode="json")
+    custom["actuation"]["command_limit"] = 3.0  # stock: 6 V
+    robot_yaml = tmp_path / "my_furuta.yaml"
+    robot_yaml.write_text(json.dumps(custom))  # JSON is YAML
+    ckpt_path = write_checkpoint(tmp_path / "ckpt.pt")
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt["config"]["hf"]["robot"] = str(robot_yaml)
+    ckpt["task"] = {"env": "mfpg/FurutaSwingup-v0", "robot": "furuta",
+                    "joints": ["arm", "pendulum"]}
+    torch.save(ckpt, ckpt_path)
+    obs = np.random.default_rng(0).normal(0.0, 4.0, size=(200, 6)).astype(np.float32)
+
+    out = export_policy(ckpt_path, tmp_path / "custom.onnx")
+    assert read_metadata(out)["actuation"]["command_upper"] == [3.0]
+    _, command = ort.InferenceSession(str(out)).run(None, {"observation": obs})
+    assert np.max(np.abs(command)) == pytest.approx(3.0)  # the policy saturates
+    assert not [r for r in caplog.records if r.name == "mfpg_robot.export"]
+
+    robot_yaml.unlink()  # moved away since: the stock config, with a warning saying so
+    robot, _, _ = checkpoint_robot(ckpt, ckpt_path)
+    assert robot == load_robot_config("furuta")
+    assert f"hf.robot '{robot_yaml}' cannot be loaded" in caplog.text
+    assert "stock config of robot 'furuta'" in caplog.text
