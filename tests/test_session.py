@@ -243,3 +243,39 @@ def test_dry_run_killed_leaves_no_emulator_and_sigterm_stops_cleanly(tmp_path) -
     assert [s.row0 for s in segments] == [sum(len(x) for x in segments[:i])
                                           for i in range(len(segments))]
     assert all(s.ended for s in segments)  # nothing left half-written: robot episodes end
+
+
+def test_parking_leaves_arm2_limp_at_rest_and_runs_the_reset_for_furuta(caplog) -> None:
+    """`park_robot` on RobotEnv over MockDriver (simulated device; the emulator version is in
+    tests/hardware/test_robot_env_emulator.py)."""
+    import numpy as np
+
+    from hardware.mock_driver import MockDriver
+    from hardware.robot_env import make_robot_env
+    from mfpg_robot.hf_env import end_robot_episode, park_robot
+
+    def open_env(name: str):
+        robot = load_robot_config(name)
+        robot = robot.model_copy(
+            update={"reset": robot.reset.model_copy(update={"settle_s": 0.04})})
+        drv = MockDriver(robot, host_clock="simulated")
+        drv.connect()
+        env = make_robot_env(robot, drv, realtime=False)
+        env.reset(seed=0)
+        env.step(np.zeros(env.action_space.shape))
+        end_robot_episode(env)  # the rollout's cut
+        return env, drv
+
+    resets: list = []
+    park = park_robot(lambda env, seed: resets.append(seed) or env.reset(seed=seed))
+    arm2, drv = open_env("arm2")
+    assert drv.torque_enabled  # end of episode: servos hold
+    park(arm2)
+    assert not drv.torque_enabled and resets == []
+    assert abs(drv.true_joint_state()[0][0] - arm2.robot.reset.rest["shoulder"]) < 0.05
+    drv.fail_after_n_calls(3)  # the link fails while parking: a warning, torque off attempted
+    park(arm2)
+    assert "parking the robot at its rest pose failed (RobotConnectionError" in caplog.text
+    furuta, fdrv = open_env("furuta")
+    park(furuta)
+    assert resets == [None] and not fdrv.torque_enabled
