@@ -79,6 +79,7 @@ class Task:
     curve_points: int = 8  # evaluations along [0, B]; beyond B, one per B
     overrides: dict[str, Any] = field(default_factory=dict)  # every method on this task
     methods: tuple[str, ...] | None = None  # the methods that can run here; None: all
+    pretrain_overrides: dict[str, Any] = field(default_factory=dict)  # its LF pretraining's
 
 
 @dataclass(frozen=True)
@@ -95,30 +96,42 @@ class Method:
 #: Train-config overrides of every run (before the task's and the method's own).
 COMMON: dict[str, Any] = {"run.torch_threads": 1, "run.export": False}
 
+#: Fine-tuning a swung-up LF policy on HF data (the default session's settings): exploration
+#: std 0.22 around it, lr 1e-4, 4 epochs of 4 minibatches per batch.
+GENTLE: dict[str, Any] = {"init.log_std": -1.5, "algo.lr": 1e-4, "algo.update_epochs": 4,
+                          "algo.num_minibatches": 4}
+
 #: The methods and their hyper-parameters (train-config keys -> values; the rest: defaults).
 METHODS: dict[str, Method] = {
     "ppo_hf": Method("ppo", 1),
     "ppo_hf_10x": Method("ppo", 10),
-    "mfppo": Method("mfppo", 1, {"lf.pairing": "episode"}),  # the recommended configuration
+    # the recommended configuration: MF-PPO fine-tuning of the LF-pretrained policy, as the
+    # default robot session (configs/train/session_furuta.yaml) does
+    "mfppo": Method("mfppo", 1, {"lf.pairing": "episode", **GENTLE}, warm_start=True),
     "mfppo_episode": Method("mfppo", 1, {"lf.pairing": "episode"}),
     "mfppo_synced": Method("mfppo", 1, {"lf.pairing": "synced"}),
     "reinforce_hf": Method("reinforce", 1),
     "mfreinforce": Method("mfreinforce", 1, {"lf.pairing": "episode"}),
     "ppo_lf_only": Method(None, 0, warm_start=True),
-    "ppo_lf_finetune": Method("ppo", 1, warm_start=True),
-    "mfppo_lf_finetune": Method("mfppo", 1, {"lf.pairing": "episode"}, warm_start=True),
+    "ppo_lf_finetune": Method("ppo", 1, GENTLE, warm_start=True),
+    "mfppo_lf_finetune": Method("mfppo", 1, {"lf.pairing": "episode", **GENTLE},
+                                warm_start=True),
 }
 
 #: Overrides of one method on one task (applied after the method's): (task, method) -> values.
 TASK_METHOD: dict[tuple[str, str], dict[str, Any]] = {}
 
-#: PPO on the LF env only (LF steps = budget_factor x B): the warm-started methods' start.
-LF_PRETRAIN = Method("ppo", 10)
+#: PPO on the LF env only (LF steps = budget_factor x B): the warm-started methods' start
+#: (configs/train/pretrain_furuta.yaml at B = 40 960; robot tasks add exploring starts).
+LF_PRETRAIN = Method("ppo", 5)
+EXPLORING = {"hf.exploring_starts": 0.5}
 
 #: Robot tasks; `<robot>-<HF model>-<LF model>` of any two models of the robot is a task too.
 ROBOT_TASKS: dict[str, Task] = {
-    "furuta": Task(FURUTA, "twin", FURUTA, "reduced", budget=40_960, seeds=5),
-    "arm2": Task(ARM2, "twin", ARM2, "reduced", budget=40_960, seeds=3),
+    "furuta": Task(FURUTA, "twin", FURUTA, "reduced", budget=40_960, seeds=5,
+                   pretrain_overrides=EXPLORING),
+    "arm2": Task(ARM2, "twin", ARM2, "reduced", budget=40_960, seeds=3,
+                 pretrain_overrides=EXPLORING),
 }
 
 #: Methods that need no LF model with reset-to-state (the off-dynamics tasks' LF envs have none).
@@ -142,7 +155,7 @@ TASKS: dict[str, Task] = {
 SUITE = ("furuta-twin-reduced", "furuta-twin-reduced_gap", "arm2-twin-reduced")
 
 QUICK_TASKS = ("furuta-twin-reduced",)
-QUICK_METHODS = ("ppo_hf", "ppo_hf_10x", "ppo_lf_only", "mfppo")
+QUICK_METHODS = ("ppo_hf", "ppo_hf_10x", "ppo_lf_only", "ppo_lf_finetune", "mfppo")
 QUICK_SEEDS = (0, 1, 2)
 
 
@@ -213,8 +226,11 @@ def _set_items(values: dict[str, Any]) -> list[str]:
 def run_overrides(task_name: str, method_name: str, settings: Settings) -> list[str]:
     """The `--set` items of one run in the order applied: COMMON, the task's, the method's,
     TASK_METHOD's, `--set`."""
-    method = LF_PRETRAIN if method_name == "pretrain" else METHODS[method_name]
-    return [*_set_items(COMMON), *_set_items(resolve_task(task_name).overrides),
+    task = resolve_task(task_name)
+    pretrain = method_name == "pretrain"
+    method = LF_PRETRAIN if pretrain else METHODS[method_name]
+    return [*_set_items(COMMON), *_set_items(task.overrides),
+            *_set_items(task.pretrain_overrides if pretrain else {}),
             *_set_items(method.overrides),
             *_set_items(TASK_METHOD.get((task_name, method_name), {})), *settings.overrides]
 
