@@ -122,6 +122,12 @@ class HFConfig(StrictModel):
         "spread over the joints' ranges (sim.starts.sample_exploring_start), e.g. to train on "
         "the LF model before a robot session; 0 = the robot's reset distribution only",
     )
+    goal_starts: float = Field(
+        default=0.0, ge=0.0, le=1.0,
+        description="simulated mfpg fidelities only: share of episodes started near the "
+        "task's goal (Task.sample_goal_start; furuta: the pendulum near upright); "
+        "exploring_starts + goal_starts <= 1",
+    )
 
     @field_validator("total_steps")
     @classmethod
@@ -291,14 +297,20 @@ class TrainConfig(StrictModel):
                         f"hf.{key} is set but hf.fidelity is '{self.hf.fidelity}': it names "
                         f"the device of hf.fidelity: robot; remove it or set hf.fidelity: robot"
                     )
-        if self.hf.exploring_starts > 0 and (
-            self.hf.fidelity in (None, "robot") or not self.hf.env.startswith("mfpg/")
-        ):
+        for key in ("exploring_starts", "goal_starts"):
+            share = getattr(self.hf, key)
+            if share > 0 and (
+                self.hf.fidelity in (None, "robot") or not self.hf.env.startswith("mfpg/")
+            ):
+                raise ValueError(
+                    f"hf.{key} ({share}) applies to simulated mfpg envs only, not to hf.env "
+                    f"'{self.hf.env}' with hf.fidelity '{self.hf.fidelity}' (a robot always "
+                    f"starts from its reset procedure); set it to 0"
+                )
+        if self.hf.exploring_starts + self.hf.goal_starts > 1.0:
             raise ValueError(
-                f"hf.exploring_starts ({self.hf.exploring_starts}) applies to simulated mfpg "
-                f"envs only, not to hf.env '{self.hf.env}' with hf.fidelity "
-                f"'{self.hf.fidelity}' (a robot always starts from its reset procedure); "
-                f"set it to 0"
+                f"hf.exploring_starts ({self.hf.exploring_starts}) + hf.goal_starts "
+                f"({self.hf.goal_starts}) is more than 1: they are shares of the episodes"
             )
         return self
 

@@ -175,8 +175,12 @@ def open_hf_env(
         if env_kwargs:
             raise ConfigError("env_kwargs are RobotEnv options (hf.fidelity: robot only)")
         env = make_env(cfg.hf.env, cfg.hf.fidelity)
-        if cfg.hf.exploring_starts > 0:
-            env = ExploringStarts(env, cfg.hf.exploring_starts)
+        if cfg.hf.exploring_starts > 0 or cfg.hf.goal_starts > 0:
+            try:
+                env = ExploringStarts(env, cfg.hf.exploring_starts, cfg.hf.goal_starts)
+            except NotImplementedError as err:
+                env.close()
+                raise ConfigError(f"hf.goal_starts: {err}; set it to 0") from None
         robot = getattr(env.unwrapped, "robot", None)
         try:
             yield HFEnv(env=env, robot=robot if isinstance(robot, RobotConfig) else None,

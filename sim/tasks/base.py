@@ -44,6 +44,13 @@ class Task(ABC):
         """Task variables drawn at reset (e.g. a reach target), unbatched (k,) arrays."""
         return {}
 
+    def sample_goal_start(
+        self, robot: RobotConfig, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, TaskState]:
+        """A start near the task's goal (joint positions, velocities, task variables), for
+        training in simulation; tasks without one raise NotImplementedError."""
+        raise NotImplementedError(f"task {self.name} defines no goal start")
+
     @abstractmethod
     def observe(self, q: np.ndarray, v: np.ndarray, task: TaskState) -> np.ndarray:
         """(B, obs_dim) float32 observations."""

@@ -35,6 +35,10 @@ VELOCITY_WEIGHT = 0.05
 ACTION_WEIGHT = 0.05
 REWARD_OFFSET = ARM_WEIGHT + VELOCITY_WEIGHT + ACTION_WEIGHT
 ARM, PENDULUM = 0, 1
+#: Goal starts (training in simulation): pendulum within GOAL_ANGLE of upright, arm within
+#: GOAL_ARM of centre, velocities within GOAL_ARM_SPEED / GOAL_PENDULUM_SPEED (uniform).
+GOAL_ANGLE, GOAL_ARM = 0.4, 0.5
+GOAL_ARM_SPEED, GOAL_PENDULUM_SPEED = 0.5, 1.0
 
 
 class FurutaSwingup(Task):
@@ -57,6 +61,16 @@ class FurutaSwingup(Task):
         self.arm_lower = limits.lower
         self.arm_upper = limits.upper
         self.velocity_limits = np.array([cfg.joint(n).velocity_limit for n in cfg.joint_names])
+
+    def sample_goal_start(
+        self, robot: RobotConfig, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, TaskState]:
+        """Near upright and at rest (module constants GOAL_*), arm near the centre."""
+        q = np.array([rng.uniform(-GOAL_ARM, GOAL_ARM),
+                      np.pi + rng.uniform(-GOAL_ANGLE, GOAL_ANGLE)])
+        v = np.array([rng.uniform(-GOAL_ARM_SPEED, GOAL_ARM_SPEED),
+                      rng.uniform(-GOAL_PENDULUM_SPEED, GOAL_PENDULUM_SPEED)])
+        return q, v, self.sample_task_state(rng)
 
     def observe(self, q: np.ndarray, v: np.ndarray, task: TaskState) -> np.ndarray:
         """(B, 6) observations; see the module docstring."""

@@ -46,3 +46,35 @@ def test_probability_zero_starts_like_the_robot_and_seeding_reproduces() -> None
 def test_plain_gymnasium_env_is_refused() -> None:
     with pytest.raises(TypeError, match="simulated mfpg env"):
         ExploringStarts(gym.make("InvertedPendulum-v5"), 0.5)
+
+
+def test_goal_starts_put_the_pendulum_near_upright_at_rest() -> None:
+    env = ExploringStarts(gym.make("mfpg/FurutaSwingup-v0", fidelity="reduced"), 0.0, goal=1.0)
+    q = _starts(env, 100, seed=1)
+    upright_error = np.abs(np.mod(q[:, 1], 2 * np.pi) - np.pi)
+    assert upright_error.max() <= 0.4 + 1e-9 and np.abs(q[:, 0]).max() <= 0.5
+    mixed = ExploringStarts(gym.make("mfpg/FurutaSwingup-v0", fidelity="reduced"), 0.3, goal=0.4)
+    err = np.abs(np.mod(_starts(mixed, 300, seed=2)[:, 1], 2 * np.pi) - np.pi)
+    hanging = np.mean(err > np.pi - 0.1)
+    assert 0.2 < hanging < 0.45  # 30% robot resets, plus exploring starts that hang
+
+
+def test_goal_starts_need_a_task_that_defines_them_and_shares_at_most_one() -> None:
+    with pytest.raises(NotImplementedError, match="no goal start"):
+        ExploringStarts(gym.make("mfpg/Arm2Reach-v0", fidelity="reduced"), 0.0, goal=0.5)
+    with pytest.raises(ValueError, match="probability \\+ goal <= 1"):
+        ExploringStarts(gym.make("mfpg/FurutaSwingup-v0", fidelity="reduced"), 0.6, goal=0.5)
+
+
+def test_train_config_refuses_goal_starts_on_the_robot_and_shares_above_one() -> None:
+    from mfpg_robot.config import validate_train_config
+    from sim.robot_config import ConfigError
+
+    base = {"seed": 0, "algo": {"name": "ppo"},
+            "hf": {"env": "mfpg/FurutaSwingup-v0", "total_steps": 4096}}
+    with pytest.raises(ConfigError, match="simulated mfpg envs only"):
+        validate_train_config({**base, "hf": {**base["hf"], "fidelity": "robot",
+                                              "goal_starts": 0.3}}, "t")
+    with pytest.raises(ConfigError, match="more than 1"):
+        validate_train_config({**base, "hf": {**base["hf"], "goal_starts": 0.6,
+                                              "exploring_starts": 0.6}}, "t")
