@@ -122,16 +122,17 @@ METHODS: dict[str, Method] = {
 TASK_METHOD: dict[tuple[str, str], dict[str, Any]] = {}
 
 #: PPO on the LF env only (LF steps = budget_factor x B): the warm-started methods' start
-#: (configs/train/pretrain_furuta.yaml at B = 40 960; robot tasks add exploring starts).
-LF_PRETRAIN = Method("ppo", 5)
-EXPLORING = {"hf.exploring_starts": 0.5}
+#: (configs/train/pretrain_furuta.yaml at B = 40 960, with its exploring and goal starts).
+LF_PRETRAIN = Method("ppo", 20)
+FURUTA_STARTS = {"hf.exploring_starts": 0.3, "hf.goal_starts": 0.2}
+ARM2_STARTS = {"hf.exploring_starts": 0.3}  # the reach task defines no goal start
 
 #: Robot tasks; `<robot>-<HF model>-<LF model>` of any two models of the robot is a task too.
 ROBOT_TASKS: dict[str, Task] = {
     "furuta": Task(FURUTA, "twin", FURUTA, "reduced", budget=40_960, seeds=5,
-                   pretrain_overrides=EXPLORING),
+                   pretrain_overrides=FURUTA_STARTS),
     "arm2": Task(ARM2, "twin", ARM2, "reduced", budget=40_960, seeds=3,
-                 pretrain_overrides=EXPLORING),
+                 pretrain_overrides=ARM2_STARTS),
 }
 
 #: Methods that need no LF model with reset-to-state (the off-dynamics tasks' LF envs have none).
