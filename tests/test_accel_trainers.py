@@ -29,12 +29,7 @@ if SHORT not in gym.registry:
     gym.register(SHORT, entry_point="sim.envs.furuta:FurutaSwingupEnv", max_episode_steps=100)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(run_dir: Path, algo: str, rule: str, **options) -> TrainConfig:

@@ -32,13 +32,7 @@ if SHORT_ENV not in gym.registry:
                  max_episode_steps=HORIZON)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny per-step policy batches: intra-op threads only add contention on a shared box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def identity(r: np.ndarray) -> np.ndarray:

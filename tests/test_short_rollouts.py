@@ -24,13 +24,7 @@ FURUTA = "mfpg/FurutaSwingup-v0"  # 1000-step episodes
 ARM2 = "mfpg/Arm2Reach-v0"  # 200-step episodes
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny per-step policy batches: intra-op threads only add contention on a shared box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def short_config(env: str, algo: str, pairing: str, steps_per_iter: int, run_dir) -> TrainConfig:
