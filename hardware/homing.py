@@ -22,14 +22,29 @@ braking effort (a swinging pendulum can still kick the arm briefly above it). Ev
 passes the safety layer.
 
 Before torque goes on, `check_startable` refuses a joint outside its hard limits, except a
-position-servo joint resting on its end stop with torque off (outside its soft limits, at most
-`HARD_STOP_SLACK` of its hard range beyond its hard limit): `end_stop_recovery` plans, and
+voltage/torque joint that coasted there (below) and a position-servo joint resting on its end
+stop with torque off (outside its soft limits, at most `HARD_STOP_SLACK` of its hard range
+beyond its hard limit): `end_stop_recovery` plans, and
 `recover_end_stops` carries out, a slow move of such joints back inside their soft limits.
 The pre-flight of a session (`mfpg_robot.robot_link`) and `RobotEnv.reset` share them. The move
 talks to the driver directly (the safety layer would stop at once on a position beyond a hard
 limit) and checks every period itself: device faults, torque still on, speeds within the
 velocity limits, done within `reset.max_settle_s` plus the travel time; on any problem torque
 goes off and `RecoveryError` says why.
+
+A voltage/torque-driven joint has no end stop to rest on: with torque off it coasts (after a
+safety stop or a device watchdog cut at speed). One found beyond its hard limit, at most
+`COAST_SLACK` of its hard range (`coast_recovery`), is brought back by `ResetProcedure.recover`
+once it has come to rest (`wait_at_rest`, torque off): torque on, the safety layer tolerating the
+excursion as long as it does not grow (`SafetyLayer.allow_excursion`), a reference moving from
+the measured position to just inside the soft limits at `reset.homing_speed`, tracked by the PD
+law without the passive-joint feedback (which would push the arm with the swinging pendulum).
+
+`ResetProcedure.brake` ends an episode of a voltage/torque robot: the PD law, holding each
+actuated joint where it is (the reference follows the measured position, clipped to the soft
+limits), with the speed governor and without passive feedback, until the actuated joints are at
+rest (speeds within `reset.settle_velocity_tolerance` for `AT_REST_S`) or `brake_limit_s` has
+passed; torque goes off after it (`RobotEnv.end_episode`), not at speed.
 
 `reset.rest` (optional): a pose where the robot can rest with torque off (gravity-stable, e.g. a
 servo arm lowered towards an end stop, forearm hanging). `RobotEnv.park` moves there
@@ -38,7 +53,8 @@ servo arm lowered towards an end stop, forearm hanging). `RobotEnv.park` moves t
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -50,6 +66,13 @@ from sim.robot_config import RobotConfig
 #: How far beyond a hard limit (fraction of the joint's hard range) a position servo may rest,
 #: on its end stop with torque off, and still be moved out by `recover_end_stops`.
 HARD_STOP_SLACK = 0.02
+#: How far beyond a hard limit (fraction of the joint's hard range) a voltage/torque-driven joint
+#: may have coasted with torque off and still be moved back by `ResetProcedure.recover` (furuta's
+#: arm: 1.53 rad, about a quarter turn; reasons in docs/safety.md, reset procedure).
+COAST_SLACK = 1.0 / 3.0
+#: How long the actuated joints must stay within `reset.settle_velocity_tolerance` to count as
+#: at rest (end of the brake, and before a coast recovery switches torque on).
+AT_REST_S = 0.02
 
 
 class ResetError(RobotError):
@@ -57,7 +80,21 @@ class ResetError(RobotError):
 
 
 class RecoveryError(ResetError):
-    """The end-stop recovery move stopped; torque is off (message says why)."""
+    """A recovery move (out of an end stop, or back from a coast) stopped; torque is off
+    (message says why)."""
+
+
+@dataclass(frozen=True)
+class Braking:
+    """How an end-of-episode brake went: robot time, control periods, at rest or not."""
+
+    duration_s: float
+    periods: int
+    at_rest: bool
+    velocities: list[float]  # the actuated joints' last measured velocities
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class ControlLoop(Protocol):
@@ -88,6 +125,11 @@ class ResetProcedure:
         self.soft_lo = np.array([s.lower if s else -np.inf for s in soft])
         self.soft_hi = np.array([s.upper if s else np.inf for s in soft])
         self.step_size = robot.reset.homing_speed * robot.control_dt
+        vlim = max(robot.joint(n).velocity_limit for n in robot.actuated_joints)
+        decel = robot.safety.brake_decel
+        #: Longest brake: from the velocity limit at `safety.brake_decel`, plus the at-rest check
+        #: (voltage/torque robots; servos hold instead of braking).
+        self.brake_limit_s = None if decel is None else vlim / decel + AT_REST_S
         rest = robot.reset.rest
         #: The rest pose of the actuated joints (`reset.rest`; home for joints it omits).
         self.rest = None if rest is None else np.clip(
@@ -96,17 +138,18 @@ class ResetProcedure:
         )
 
     def check_startable(self, state: DeviceState) -> dict[str, list[float]]:
-        """The end-stop recoveries a start needs (`end_stop_recovery`); `ResetError` for a
-        joint outside its hard limits that no recovery may move (needs the operator)."""
-        recovery = end_stop_recovery(self.robot, state)
+        """The recoveries a start needs: servos on an end stop (`end_stop_recovery`), effort
+        joints that coasted past a hard limit (`coast_recovery`); `ResetError` for a joint
+        outside its hard limits that no recovery may move (needs the operator)."""
+        recovery = {**end_stop_recovery(self.robot, state), **coast_recovery(self.robot, state)}
         for i, joint in enumerate(self.robot.joints):
             lim = joint.hard_limits
             q = state.positions[i]
             if lim is not None and not lim.lower <= q <= lim.upper and joint.name not in recovery:
                 raise ResetError(
                     f"joint '{joint.name}' at {q:.3f} is outside its hard limits "
-                    f"[{lim.lower}, {lim.upper}]: with torque off, move it back inside by hand, "
-                    "then reset again"
+                    f"[{lim.lower}, {lim.upper}], too far for a recovery move: with torque off, "
+                    "move it back inside by hand, then reset again"
                 )
         return recovery
 
@@ -123,14 +166,15 @@ class ResetProcedure:
         state, ref = self.move(loop, state, goal, ref)
         return self.settle(loop, state, ref)
 
-    def command(self, state: DeviceState, ref: np.ndarray) -> np.ndarray:
-        """The command that tracks `ref` (servo target, or PD effort with passive damping)."""
+    def command(self, state: DeviceState, ref: np.ndarray, *, passive: bool = True) -> np.ndarray:
+        """The command that tracks `ref` (servo target, or PD effort with passive damping
+        unless `passive` is False)."""
         g = self.cfg.homing_gains
         if g is None:  # position servos (the config requires gains for every other kind)
             return ref.copy()
         q, v = state.positions, state.velocities
         u = g.kp * (ref - q[self.act_idx]) - g.kd * v[self.act_idx]
-        if self.passive_idx.size:
+        if passive and self.passive_idx.size:
             qp = q[self.passive_idx] - self.home[self.passive_idx]
             u = u + g.passive_damping * float(np.sum(v[self.passive_idx] * np.cos(qp)))
         # Speed governor: above the homing speed, brake in proportion to the excess.
@@ -144,14 +188,56 @@ class ResetProcedure:
         state: DeviceState,
         goal: np.ndarray,
         ref: np.ndarray | None = None,
+        *,
+        passive: bool = True,
     ) -> tuple[DeviceState, np.ndarray]:
-        """Move the reference (default: the measured position) to `goal` at the homing speed."""
+        """Move the reference (default: the measured position, clipped to the soft limits) to
+        `goal` at the homing speed."""
         if ref is None:
             ref = np.clip(state.positions[self.act_idx], self.soft_lo, self.soft_hi)
         while not np.allclose(ref, goal, rtol=0.0, atol=1e-12):
             ref = ref + np.clip(goal - ref, -self.step_size, self.step_size)
-            state = loop.apply_command(self.command(state, ref))
+            state = loop.apply_command(self.command(state, ref, passive=passive))
         return state, ref
+
+    def recover(
+        self, loop: ControlLoop, state: DeviceState, recovery: dict[str, list[float]]
+    ) -> DeviceState:
+        """Voltage/torque joints of `recovery` (`coast_recovery`) back to their targets: the
+        reference moves from the measured position at the homing speed, without passive
+        feedback; other actuated joints hold where they are (inside their soft limits)."""
+        q = state.positions[self.act_idx].astype(np.float64)
+        goal = np.array([recovery[n][1] if n in recovery else q[j]
+                         for j, n in enumerate(self.robot.actuated_joints)])
+        state, _ = self.move(loop, state, np.clip(goal, self.soft_lo, self.soft_hi), q,
+                             passive=False)
+        return state
+
+    def at_rest(self, state: DeviceState) -> bool:
+        """Every actuated joint slower than `reset.settle_velocity_tolerance`."""
+        v = state.velocities[self.act_idx]
+        return bool(np.all(np.abs(v) <= self.cfg.settle_velocity_tolerance))
+
+    def brake(self, loop: ControlLoop, state: DeviceState) -> tuple[DeviceState, Braking]:
+        """Bring the actuated joints of a voltage/torque robot to rest (module docstring).
+
+        Returns the last state and how it went; a safety stop raises `SafetyStopError` from
+        `loop` (the stop carried out). Torque stays on: the caller switches it off.
+        """
+        if self.brake_limit_s is None:
+            raise ValueError(f"robot '{self.robot.name}' has position servos: they hold, "
+                             "they do not brake")
+        dt = self.robot.control_dt
+        need = max(1, int(np.ceil(AT_REST_S / dt - 1e-9)))
+        limit = int(np.ceil(self.brake_limit_s / dt))
+        run = periods = 0
+        while run < need and periods < limit:
+            ref = np.clip(state.positions[self.act_idx], self.soft_lo, self.soft_hi)
+            state = loop.apply_command(self.command(state, ref, passive=False))
+            periods += 1
+            run = run + 1 if self.at_rest(state) else 0
+        v = state.velocities[self.act_idx]
+        return state, Braking(periods * dt, periods, run >= need, v.round(4).tolist())
 
     def settled(self, state: DeviceState, ref: np.ndarray) -> bool:
         """Actuated joints at `ref`, passive joints hanging at home, everything at rest."""
@@ -204,6 +290,49 @@ def end_stop_recovery(robot: RobotConfig, state: DeviceState) -> dict[str, list[
         if beyond <= HARD_STOP_SLACK * (hard.upper - hard.lower):
             recovery[joint.name] = [q, min(max(q, soft.lower + tol), soft.upper - tol)]
     return recovery
+
+
+def coast_recovery(robot: RobotConfig, state: DeviceState) -> dict[str, list[float]]:
+    """Voltage/torque joints that coasted past a hard limit: joint -> [measured, target].
+
+    A joint qualifies beyond its hard limit by at most `COAST_SLACK` of its hard range; its
+    target is just inside the soft limits (by `reset.settle_position_tolerance`). Empty for
+    position servos (`end_stop_recovery`).
+    """
+    if robot.actuation.type == "position":
+        return {}
+    tol = robot.reset.settle_position_tolerance
+    recovery: dict[str, list[float]] = {}
+    for i, joint in enumerate(robot.joints):
+        soft, hard, q = joint.soft_limits, joint.hard_limits, float(state.positions[i])
+        if not joint.actuated or soft is None or hard is None or hard.lower <= q <= hard.upper:
+            continue
+        beyond = max(hard.lower - q, q - hard.upper)
+        if beyond <= COAST_SLACK * (hard.upper - hard.lower):
+            recovery[joint.name] = [q, min(max(q, soft.lower + tol), soft.upper - tol)]
+    return recovery
+
+
+def wait_at_rest(
+    driver: RobotDriver, procedure: ResetProcedure, scheduler: Scheduler, limit_s: float
+) -> DeviceState:
+    """Torque off: read the state every control period until the actuated joints are at rest
+    (`ResetProcedure.at_rest` for `AT_REST_S`); `ResetError` after `limit_s`."""
+    robot = driver.robot
+    need = max(1, int(np.ceil(AT_REST_S / robot.control_dt - 1e-9)))
+    scheduler.start()
+    run = 0
+    for _ in range(int(np.ceil(limit_s / robot.control_dt))):
+        scheduler.wait()
+        state = driver.read_state()
+        run = run + 1 if procedure.at_rest(state) else 0
+        if run >= need:
+            return state
+    raise ResetError(
+        f"robot '{robot.name}' did not come to rest within {limit_s:g} s with torque off "
+        f"(last positions {state.positions.round(3).tolist()}, velocities "
+        f"{state.velocities.round(3).tolist()}); once it rests, reset again"
+    )
 
 
 def recover_end_stops(

@@ -20,21 +20,27 @@ acknowledges it. A driver error (`RobotConnectionError`: link lost, no valid rep
 retries) also closes the driver after the stop attempt; the next `reset()` reconnects
 (handshake, watchdog; a warning of logger `hardware.robot_env`) or raises the connection error
 while the device is still gone. At the end of an episode (its time limit, a termination, or
-`end_episode()`) the robot idles: torque off for voltage/torque robots; position servos hold
-their pose, and a background `KeepAlive` re-sends the hold (and reads and checks the state)
-every `serial.watchdog_ms / 4` until the next `reset()`, `park()` or `close()`, so that the
-device watchdog does not cut torque and let the arm fall. A problem found while idling (a
-safety check, a driver error) ends the keep-alive and carries out the stop (torque off, or one
-last hold that the watchdog ends). After a latched stop there is no keep-alive: a "hold" stop
-holds until the device watchdog turns torque off.
+`end_episode()`) the robot idles: voltage/torque robots are braked to rest under control
+(`ResetProcedure.brake`: through the safety layer, bounded in time; `info["brake"]` of the step
+that ended the episode says how it went, a WARNING when the joints were still moving) and then
+torque goes off, so that an arm does not coast at speed; position servos hold their pose, and a
+background `KeepAlive` re-sends the hold (and reads and checks the state) every
+`serial.watchdog_ms / 4` until the next `reset()`, `park()` or `close()`, so that the device
+watchdog does not cut torque and let the arm fall. A problem found while idling (a safety check,
+a driver error) ends the keep-alive and carries out the stop (torque off, or one last hold that
+the watchdog ends). After a latched stop there is no brake and no keep-alive: the stop has cut
+torque, or a "hold" stop holds until the device watchdog turns torque off.
 
 For a long pause (a policy update), `park()` moves a robot with a `reset.rest` pose there and
 switches torque off: nothing has to keep running on the host. A position servo found resting on
 its end stop with torque off (after parking, or after a fall) is moved out slowly by the next
-`reset()` (`hardware.homing.recover_end_stops`, the pre-flight's recovery), recorded as a
-`recovery` safety event. Ctrl+C (KeyboardInterrupt) in `reset()`, `park()` or `step()` turns
-torque off, records an event, re-raises; one that lands elsewhere (e.g. in the policy) and ends
-the program is caught by an `atexit` hook that turns torque off too.
+`reset()` (`hardware.homing.recover_end_stops`, the pre-flight's recovery); a voltage/torque
+joint found beyond its hard limit (it coasted there with torque off after a stop) is, once at
+rest, moved back inside with torque on (`hardware.homing.coast_recovery`,
+`ResetProcedure.recover`; the safety layer tolerates the excursion while it shrinks). Both are
+recorded as a `recovery` safety event. Ctrl+C (KeyboardInterrupt) in `reset()`, `park()` or
+`step()` turns torque off, records an event, re-raises; one that lands elsewhere (e.g. in the
+policy) and ends the program is caught by an `atexit` hook that turns torque off too.
 
 `realtime=False` (for `MockDriver`, whose clock is simulated) never sleeps and has no
 keep-alive (no device time passes between calls). Deadlines always use `time.monotonic`; the
@@ -65,7 +71,14 @@ from hardware.driver import (
     RobotError,
     RobotFaultError,
 )
-from hardware.homing import ResetError, ResetProcedure, recover_end_stops
+from hardware.homing import (
+    Braking,
+    RecoveryError,
+    ResetError,
+    ResetProcedure,
+    recover_end_stops,
+    wait_at_rest,
+)
 from hardware.keepalive import KeepAlive
 from hardware.safety import SafetyEvent, SafetyLayer, SafetyStopError, torque_off
 from hardware.scheduler import Scheduler, Tick, TimingStats
@@ -155,7 +168,8 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
         return list(self.safety.events)
 
     def timing_stats(self) -> TimingStats:
-        """Period jitter and missed deadlines over the current episode's steps."""
+        """Period jitter and missed deadlines over the current episode's periods (its steps,
+        and the brake that ended it)."""
         return self.scheduler.stats()
 
     def get_state(self) -> RobotState:
@@ -190,27 +204,45 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
             self._interrupt("step")
             raise
 
-    def end_episode(self) -> None:
+    def end_episode(self) -> Braking | None:
         """End the running episode now, as its time limit would (nothing to do if none runs).
 
-        Torque off for voltage/torque robots; position servos hold the measured pose, fed by
-        the keep-alive until the next `reset()`, `park()` or `close()`.
+        Voltage/torque robots are braked to rest (`ResetProcedure.brake`), then torque goes off;
+        returns how the brake went (None: no brake, e.g. after a latched stop, which has
+        already cut torque). Position servos hold the measured pose, fed by the keep-alive
+        until the next `reset()`, `park()` or `close()`.
         """
         if not self._active:
-            return
+            return None
         self._active = False
         state = self._state
+        braking = None
         try:
-            if self.safety.position_servo and state is not None and self.safety.latched is None:
-                command = self.safety.filter_command(self.safety.idle_command(state), state)
-                self.driver.send_command(command.command)
-                self.safety.commit(command.command)
-                if self.scheduler.realtime:
-                    self._start_keepalive(command.command)
-            else:
-                self.driver.disable()
-        except RobotError:
+            if state is not None and self.safety.latched is None:
+                if self.safety.position_servo:
+                    command = self.safety.filter_command(self.safety.idle_command(state), state)
+                    self.driver.send_command(command.command)
+                    self.safety.commit(command.command)
+                    if self.scheduler.realtime:
+                        self._start_keepalive(command.command)
+                    return None
+                braking = self._brake(state)
+            self.driver.disable()
+        except RobotError:  # a stop during the brake (carried out), or the link failed
             torque_off(self.driver)
+        return braking
+
+    def _brake(self, state: DeviceState) -> Braking:
+        _, braking = self.reset_procedure.brake(self, state)
+        if not braking.at_rest:
+            _log.warning(
+                "%s: joints still moving (%s) after %.2f s of braking at the end of the "
+                "episode; torque off", self.robot.name,
+                ", ".join(f"{n} {v:+.2f}" for n, v in
+                          zip(self.robot.actuated_joints, braking.velocities, strict=True)),
+                braking.duration_s,
+            )
+        return braking
 
     def park(self) -> None:
         """Leave the robot at rest, torque off, for a long pause (e.g. a policy update).
@@ -334,10 +366,11 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def _torque_on(self) -> DeviceState:
         """Start of a reset or park: acknowledge any stop, reconnect, clear device faults,
-        recover joints resting on an end stop, torque on; the measured state.
+        recover servos resting on an end stop, torque on, recover voltage/torque joints that
+        coasted past a hard limit (once at rest); the measured state.
 
-        `ResetError` for a robot that cannot start (a joint beyond its hard limits, too hot, a
-        failed recovery move: torque off).
+        `ResetError` for a robot that cannot start (a joint too far beyond its hard limits, too
+        hot, still moving after a coast, a failed recovery move: torque off).
         """
         self._stop_keepalive()
         self._active = False
@@ -357,30 +390,59 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
             state = self.driver.read_state()
         recovery = self.reset_procedure.check_startable(state)
         self._check_temperature(state)
+        servo = self.safety.position_servo
+        if recovery and not servo:  # coasted past a hard limit: let it come to rest first
+            state = wait_at_rest(self.driver, self.reset_procedure, self.scheduler,
+                                 self.robot.reset.max_settle_s)
+            recovery = self.reset_procedure.check_startable(state)
         if recovery:
-            self._recover(recovery)
+            self._record_recovery(recovery)
+        if recovery and servo:
+            recover_end_stops(self.driver, recovery, self.scheduler)
         self._parked = False
         self.driver.enable()
         self._state = self.driver.read_state()
         self.safety.start(self._state)
         self.scheduler.start()
+        if recovery and not servo:
+            self._recover_coast(recovery)
         self._active = True
         return self._state
 
-    def _recover(self, recovery: dict[str, list[float]]) -> None:
-        """Move servos resting on an end stop out of it (`recover_end_stops`), as an event."""
+    def _record_recovery(self, recovery: dict[str, list[float]]) -> None:
+        """A `recovery` safety event for the moves of `recovery` (and a WARNING unless the
+        robot was parked there)."""
         speed = self.robot.reset.homing_speed
         moves = "; ".join(
             f"{n} {a:+.4f} -> {b:+.4f} {self.robot.joint(n).unit} at {speed:g} "
             f"{self.robot.joint(n).unit}/s" for n, (a, b) in recovery.items()
         )
+        if not self.safety.position_servo:
+            self.safety.record("recovery", "beyond a hard limit with torque off (it coasted "
+                                           f"there); slow move back inside: {moves}")
+            _log.warning("%s: %s beyond a hard limit with torque off; moving back slowly",
+                         self.robot.name, ", ".join(recovery))
+            return
         why = "parked at rest" if self._parked else "not parked there: it fell with torque off"
         self.safety.record("recovery", f"resting on an end stop with torque off ({why}); "
                                        f"slow move out: {moves}")
         if not self._parked:
             _log.warning("%s: %s resting on an end stop with torque off; moving out slowly",
                          self.robot.name, ", ".join(recovery))
-        recover_end_stops(self.driver, recovery, self.scheduler)
+
+    def _recover_coast(self, recovery: dict[str, list[float]]) -> None:
+        """Torque on: move voltage/torque joints that coasted past a hard limit back inside
+        (`ResetProcedure.recover`), the safety layer tolerating their shrinking excursion.
+        `RecoveryError` (torque off) if a stop ends the move."""
+        self.safety.allow_excursion(self._require_state())
+        try:
+            self._state = self.reset_procedure.recover(self, self._require_state(), recovery)
+        except SafetyStopError as err:
+            raise RecoveryError(
+                f"recovery move of '{self.robot.name}' stopped, torque off: "
+                f"{err.event.kind}: {err.event.detail}. With torque off, move the joints "
+                "inside their hard limits by hand, then reset again."
+            ) from err
 
     def _check_temperature(self, state: DeviceState) -> None:
         limit = self.robot.safety.max_temperature_c
@@ -403,14 +465,16 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
             tick, _ = self._cycle(result.command)
             sent_action, command = result.action, result.command
         state = self._require_state()
+        robot_state = self.get_state()
         self._steps += 1
         q, v, ts = state.positions[None], state.velocities[None], self._batched_task()
         reward = float(self.task.reward(q, v, sent_action[None], ts)[0])
         event = self.safety.latched
         terminated = bool(self.task.terminated(q, v, ts)[0]) or event is not None
         truncated = not terminated and self._steps >= self.max_episode_steps
+        braking = None
         if (terminated or truncated) and self._active:
-            self.end_episode()
+            braking = self.end_episode()
         info = {
             "action_sent": sent_action,
             "command_sent": command,
@@ -420,7 +484,8 @@ class RobotEnv(gym.Env[np.ndarray, np.ndarray]):
                 "event": None if event is None else event.to_dict(),
             },
             "timing": None if tick is None else tick.to_dict(),
-            "state": self.get_state(),
+            "state": robot_state,
+            "brake": None if braking is None else braking.to_dict(),
         }
         return self._observation(state), reward, terminated, truncated, info
 

@@ -23,7 +23,10 @@ that reaches the driver is always within the command bounds and the rate limit.
 `check_state` latches a stop on a hard-limit violation (position outside hard limits,
 |velocity| > velocity limit), over-temperature, over-current, a stale state, a device fault or
 unexpected torque loss; `missed_deadlines` on more consecutive misses than tolerated. A latched
-stop refuses every command until `reset_safety()` acknowledges it.
+stop refuses every command until `reset_safety()` acknowledges it. `allow_excursion(state)`
+(the recovery of a joint that coasted past a hard limit) tolerates the joints' present
+excursions beyond their hard limits, as long as they do not grow by more than
+`reset.settle_position_tolerance`; the allowance shrinks as they come back, and `start()` ends it.
 
 Every event is kept in `events` and passed to each callable in `listeners` as it happens
 (from whichever thread records it, e.g. the keep-alive's), e.g. to log it or write it to disk;
@@ -196,6 +199,7 @@ class SafetyLayer:
         hard = [j.hard_limits for j in robot.joints]
         self._hard_lo = np.array([h.lower if h else -inf for h in hard])
         self._hard_hi = np.array([h.upper if h else inf for h in hard])
+        self._allowed_excursion = np.zeros(len(robot.joints))
         self.workspace = (
             WorkspaceGuard(robot) if self.position_servo and robot.workspace else None
         )
@@ -219,10 +223,21 @@ class SafetyLayer:
         return np.zeros(len(self._act_idx))
 
     def start(self, state: DeviceState) -> np.ndarray:
-        """After torque on: the rate limit starts from the idle command for `state`."""
+        """After torque on: the rate limit starts from the idle command for `state`; no joint
+        may be beyond its hard limits (an `allow_excursion` ends)."""
         self._prev = self.idle_command(state)
         self._last_device_time = None
+        self._allowed_excursion[:] = 0.0
         return self._prev.copy()
+
+    def allow_excursion(self, state: DeviceState) -> np.ndarray:
+        """Tolerate the joints' excursions beyond their hard limits in `state` (module
+        docstring); returns them (0 for joints inside)."""
+        self._allowed_excursion = self._excursion(state.positions)
+        return self._allowed_excursion.copy()
+
+    def _excursion(self, q: np.ndarray) -> np.ndarray:
+        return np.maximum(np.maximum(self._hard_lo - q, q - self._hard_hi), 0.0)
 
     def reset_safety(self) -> SafetyEvent | None:
         """Acknowledge a latched stop (recorded as an event); returns it, or None if none."""
@@ -396,12 +411,17 @@ class SafetyLayer:
         problems: list[tuple[str, str]] = []
         names = self.robot.joint_names
         q, v = state.positions, state.velocities
-        for i in np.flatnonzero((q < self._hard_lo) | (q > self._hard_hi)):
+        excursion = self._excursion(q)
+        allowed = self._allowed_excursion
+        slack = self.robot.reset.settle_position_tolerance
+        for i in np.flatnonzero(excursion > np.where(allowed > 0, allowed + slack, 0.0)):
             problems.append((
                 "hard_position_limit",
                 f"{names[i]} at {q[i]:.4f} outside hard limits "
-                f"[{self._hard_lo[i]}, {self._hard_hi[i]}]",
+                f"[{self._hard_lo[i]}, {self._hard_hi[i]}]"
+                + (f", further out than the {allowed[i]:.4f} allowed" if allowed[i] else ""),
             ))
+        self._allowed_excursion = np.minimum(allowed, excursion)
         for i in np.flatnonzero(np.abs(v) > self._vlim):
             problems.append((
                 "velocity_limit",

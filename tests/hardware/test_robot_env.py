@@ -193,7 +193,7 @@ def test_reset_refuses_a_joint_outside_its_hard_limits() -> None:
     robot = quick("furuta")
     drv = MockDriver(robot, host_clock="simulated")
     drv.connect()
-    drv.set_joint_state(np.array([2.4, 0.0]))
+    drv.set_joint_state(np.array([4.0, 0.0]))  # further out than a coast recovery may move
     env = make_robot_env(robot, drv, realtime=False)
     with pytest.raises(ResetError, match="outside its hard limits"):
         env.reset(seed=0)
@@ -213,7 +213,7 @@ def test_hard_limit_violation_latches_torque_off_and_refuses_steps_until_reset()
     env, drv = mock_env("furuta")
     env.reset(seed=0)
     env.step(np.zeros(1))
-    drv.set_joint_state(np.array([2.35, 0.0]))  # e.g. knocked past the limit
+    drv.set_joint_state(np.array([4.0, 0.0]))  # e.g. knocked far past the limit
     obs, reward, terminated, truncated, info = env.step(np.zeros(1))
     assert terminated and info["safety"]["stopped"]
     assert info["safety"]["event"]["kind"] == "hard_position_limit"
