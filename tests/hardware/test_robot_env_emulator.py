@@ -149,7 +149,9 @@ CHILD_SERIAL = textwrap.dedent(
     print("stepping", flush=True)
     k = 0
     while True:  # no try/finally, no context manager: only RobotEnv can turn torque off
-        env.step(np.array([0.1 * np.sin(0.05 * k)]))
+        _, _, terminated, truncated, _ = env.step(np.array([0.1 * np.sin(0.05 * k)]))
+        if terminated or truncated:  # e.g. a safety stop on a loaded machine: next episode
+            env.reset()
         k += 1
     """
 )
