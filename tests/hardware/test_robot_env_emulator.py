@@ -149,9 +149,7 @@ CHILD_SERIAL = textwrap.dedent(
     print("stepping", flush=True)
     k = 0
     while True:  # no try/finally, no context manager: only RobotEnv can turn torque off
-        _, _, terminated, truncated, _ = env.step(np.array([0.1 * np.sin(0.05 * k)]))
-        if terminated or truncated:  # e.g. a safety stop on a loaded machine: next episode
-            env.reset()
+        env.step(np.array([0.1 * np.sin(0.05 * k)]))
         k += 1
     """
 )
