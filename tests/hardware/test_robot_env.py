@@ -436,7 +436,7 @@ def test_ctrl_c_in_a_subprocess_mid_episode_leaves_torque_off() -> None:
     )
     try:
         assert proc.stdout.readline().strip() == "stepping"
-        time.sleep(0.3)  # mid-episode, torque on
+        time.sleep(0.05)  # a dozen steps into the episode, torque on
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
