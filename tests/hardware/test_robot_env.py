@@ -402,8 +402,11 @@ def test_keyboard_interrupt_in_step_turns_torque_off_and_is_reraised() -> None:
 
 CHILD = textwrap.dedent(
     """
-    import atexit, json, sys
+    import atexit, json, signal, sys
     import numpy as np
+    # Ctrl+C raises KeyboardInterrupt even where the test runner was started with SIGINT
+    # ignored (a background job of a non-interactive shell), which children inherit.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from hardware.mock_driver import MockDriver
     from hardware.robot_env import make_robot_env
     from sim.robot_config import load_robot_config

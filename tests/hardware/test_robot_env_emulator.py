@@ -134,12 +134,15 @@ def test_without_keepalive_arm2_falls_after_the_watchdog(
 
 CHILD_SERIAL = textwrap.dedent(
     """
-    import sys
+    import signal, sys
     import numpy as np
     from hardware.robot_env import RobotEnv, make_robot_env
     from hardware.serial_driver import SerialDriver
     from sim.robot_config import RobotConfig
 
+    # Ctrl+C raises KeyboardInterrupt even where the test runner was started with SIGINT
+    # ignored (a background job of a non-interactive shell), which children inherit.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     robot = RobotConfig.model_validate_json(sys.argv[2])
     drv = SerialDriver(robot, port=sys.argv[1])
     drv.connect()
