@@ -178,9 +178,9 @@ def open_hf_env(
         if cfg.hf.exploring_starts > 0 or cfg.hf.goal_starts > 0:
             try:
                 env = ExploringStarts(env, cfg.hf.exploring_starts, cfg.hf.goal_starts)
-            except NotImplementedError as err:
+            except ValueError as err:
                 env.close()
-                raise ConfigError(f"hf.goal_starts: {err}; set it to 0") from None
+                raise ConfigError(f"hf.goal_starts: {err}") from None
         robot = getattr(env.unwrapped, "robot", None)
         try:
             yield HFEnv(env=env, robot=robot if isinstance(robot, RobotConfig) else None,

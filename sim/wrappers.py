@@ -38,8 +38,8 @@ class ExploringStarts(gym.Wrapper):
         if not (0.0 <= probability <= 1.0 and 0.0 <= goal <= 1.0 - probability):
             raise ValueError(f"need 0 <= probability, 0 <= goal and probability + goal <= 1, "
                              f"got {probability} and {goal}")
-        if goal > 0:
-            base.task.sample_goal_start(base.robot, np.random.default_rng(0))  # defined?
+        if goal > 0 and not base.task.has_goal_start:
+            raise ValueError(f"task {base.task.name} defines no goal start; set goal to 0")
         self.probability, self.goal = probability, goal
 
     def reset(

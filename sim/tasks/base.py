@@ -44,12 +44,15 @@ class Task(ABC):
         """Task variables drawn at reset (e.g. a reach target), unbatched (k,) arrays."""
         return {}
 
+    #: Whether `sample_goal_start` is defined (a start near the goal, for training in sim).
+    has_goal_start = False
+
     def sample_goal_start(
         self, robot: RobotConfig, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray, TaskState]:
         """A start near the task's goal (joint positions, velocities, task variables), for
-        training in simulation; tasks without one raise NotImplementedError."""
-        raise NotImplementedError(f"task {self.name} defines no goal start")
+        training in simulation; only tasks with `has_goal_start` define one."""
+        raise TypeError(f"task {self.name} defines no goal start (has_goal_start is False)")
 
     @abstractmethod
     def observe(self, q: np.ndarray, v: np.ndarray, task: TaskState) -> np.ndarray:

@@ -62,6 +62,8 @@ class FurutaSwingup(Task):
         self.arm_upper = limits.upper
         self.velocity_limits = np.array([cfg.joint(n).velocity_limit for n in cfg.joint_names])
 
+    has_goal_start = True
+
     def sample_goal_start(
         self, robot: RobotConfig, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray, TaskState]:

@@ -60,7 +60,7 @@ def test_goal_starts_put_the_pendulum_near_upright_at_rest() -> None:
 
 
 def test_goal_starts_need_a_task_that_defines_them_and_shares_at_most_one() -> None:
-    with pytest.raises(NotImplementedError, match="no goal start"):
+    with pytest.raises(ValueError, match="no goal start"):
         ExploringStarts(gym.make("mfpg/Arm2Reach-v0", fidelity="reduced"), 0.0, goal=0.5)
     with pytest.raises(ValueError, match="probability \\+ goal <= 1"):
         ExploringStarts(gym.make("mfpg/FurutaSwingup-v0", fidelity="reduced"), 0.6, goal=0.5)
