@@ -1,9 +1,9 @@
 """High-fidelity rollout collection that records everything pairing needs.
 
 Per step the buffer holds the observation, the env's measured `RobotState` (from
-`get_state()`, when the env has one), the Gaussian noise `eps`, the action
-`a = mu(s) + sigma * eps`, its log-prob, the raw reward, the termination/truncation flags and
-the observation that followed (the final observation at an episode end, so a time-limit
+`get_state()`, or the qpos and qvel of a plain Gymnasium MuJoCo env), the Gaussian noise `eps`,
+the action `a = mu(s) + sigma * eps`, its log-prob, the raw reward, the termination/truncation
+flags and the observation that followed (the final observation at an episode end, so a time-limit
 truncation can be bootstrapped). `episode_start[t]` marks rows that begin an episode (the
 state of such a row is that episode's start state).
 
@@ -27,6 +27,7 @@ import torch
 from mfpg_robot.env_snapshot import np_random_state, restore, set_np_random_state, snapshot
 from mfpg_robot.episodes import ROW_FIELDS, EpisodeDataError, Segment
 from mfpg_robot.policy import GaussianPolicy, Tanh
+from sim.gym_collector import mujoco_state_getter
 from sim.state import RobotState
 
 
@@ -97,8 +98,9 @@ def numpy_mean_fn(policy: GaussianPolicy) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _state_getter(env: gym.Env):
-    """The env's `get_state` (through wrappers), or None for envs without one."""
-    return getattr(env.unwrapped, "get_state", None)
+    """The env's `get_state` (through wrappers); for a plain Gymnasium MuJoCo env its qpos and
+    qvel by joint name (`sim.gym_collector.mujoco_state_getter`); None for other envs."""
+    return getattr(env.unwrapped, "get_state", None) or mujoco_state_getter(env)
 
 
 ResetFn = Callable[[gym.Env, int | None], tuple[np.ndarray, dict[str, Any]]]

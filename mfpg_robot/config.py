@@ -144,7 +144,8 @@ class LFConfig(StrictModel):
     env: str | None = Field(default=None, description="Gymnasium id; null = same as hf.env")
     fidelity: ModelName = Field(
         default="reduced",
-        description="LF model of the same task, a name under models: in its robot config",
+        description="LF model of the same task, a name under models: in its robot config "
+        "(ignored when lf.env is a plain Gymnasium env: its model is the env itself)",
     )
     pairing: Literal["episode", "synced"] = Field(
         default="synced",
@@ -236,8 +237,10 @@ def env_takes_fidelity(env_id: str) -> bool | None:
     import gymnasium as gym
     from gymnasium.envs.registration import load_env_creator
 
+    from sim.gym_collector import env_spec
+
     try:
-        entry = gym.spec(env_id).entry_point
+        entry = env_spec(env_id).entry_point
         creator = entry if callable(entry) else load_env_creator(entry)
         return "fidelity" in inspect.signature(creator).parameters
     except (gym.error.Error, ImportError, AttributeError, ValueError, TypeError):
@@ -329,18 +332,49 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _mf_needs_lf_model(self) -> TrainConfig:
+        """MF on plain Gymnasium envs: both fidelities MuJoCo envs of one joint layout."""
         if self.algo.name not in ("mfppo", "mfreinforce"):
             return self
-        for key, env in (("hf.env", self.hf.env), ("lf.env", self.lf.env)):
-            if env is not None and env_takes_fidelity(env) is False:
+        lf_env = self.lf.env or self.hf.env
+        plain = [env_takes_fidelity(env) is False for env in (self.hf.env, lf_env)]
+        if not any(plain):
+            return self
+        name = self.algo.name
+        if not all(plain):
+            keys = [("hf.env", self.hf.env), ("lf.env", lf_env)]
+            (key, env), (other_key, other) = keys if plain[0] else keys[::-1]
+            raise ValueError(
+                f"{key}: '{env}' is a plain Gymnasium env (it takes no fidelity) but {other_key} "
+                f"'{other}' is an mfpg env; {name} resets the LF env to the HF states joint by "
+                f"joint, so both must be mfpg envs of one task (e.g. mfpg/FurutaSwingup-v0 with "
+                f"lf.fidelity: reduced) or both plain Gymnasium MuJoCo envs of one model layout "
+                f"(e.g. hf.env: a modified InvertedPendulum, lf.env: InvertedPendulum-v5); "
+                f"train a single plain env with algo.name: ppo or reinforce"
+            )
+        from sim.gym_collector import mujoco_layout
+
+        layouts = []
+        for key, env in (("hf.env", self.hf.env), ("lf.env", lf_env)):
+            try:
+                layouts.append(mujoco_layout(env))
+            except (TypeError, ValueError) as err:
                 raise ValueError(
-                    f"{key}: '{env}' is a plain Gymnasium env (it takes no fidelity), so it has "
-                    f"no low-fidelity model and no measured state for algo.name "
-                    f"'{self.algo.name}' to pair with; multi-fidelity algorithms "
-                    f"(mfppo, mfreinforce) need mfpg/* envs with a fidelity (e.g. "
-                    f"mfpg/FurutaSwingup-v0, mfpg/Arm2Reach-v0); train plain Gymnasium envs "
-                    f"with algo.name: ppo or reinforce and hf.fidelity: null"
-                )
+                    f"{key}: {err}; algo.name '{name}' on plain Gymnasium envs needs MuJoCo "
+                    f"envs (gymnasium MujocoEnv) with hinge and slide joints for both "
+                    f"fidelities; train other envs with algo.name: ppo or reinforce"
+                ) from None
+        if layouts[0] != layouts[1]:
+            (hq, hv, hn), (lq, lv, ln) = layouts
+            raise ValueError(
+                f"lf.env '{lf_env}' has joints {list(ln)} (nq={lq}, nv={lv}) but hf.env "
+                f"'{self.hf.env}' has {list(hn)} (nq={hq}, nv={hv}); {name} resets the LF env "
+                f"to the HF states, so lf.env must be a model of the same joints"
+            )
+        if self.lf.backend == "ray":
+            raise ValueError(
+                f"lf.backend: ray runs mfpg envs only, and lf.env '{lf_env}' is a plain "
+                f"Gymnasium env; set lf.backend: local"
+            )
         return self
 
     @property

@@ -1,6 +1,7 @@
 """HF/LF pairing: the low-fidelity samples that form the control variate of an HF rollout.
 
-Two modes (`lf.pairing`), both simulated with the batched LF collector (`sim.batched`):
+Two modes (`lf.pairing`), both simulated with the batched LF collector (`sim.batched`; for a
+plain Gymnasium MuJoCo LF env, `sim.gym_collector`):
 
 `episode` (the paper's, arXiv 2503.05696). For every HF episode that starts inside the
 rollout, an LF copy starts from the episode's measured start state and replays the HF noise
@@ -52,10 +53,12 @@ import torch
 from mfpg_robot.buffer import RolloutBuffer, gaussian_logprob
 from mfpg_robot.policy import GaussianPolicy, RolloutPolicy
 from sim.batched import BatchedCollector
+from sim.gym_collector import GymCollector
 from sim.tasks.base import TaskState
 
 ValueFn = Callable[[np.ndarray], np.ndarray]
 RewardFn = Callable[[np.ndarray], np.ndarray]
+LFCollector = BatchedCollector | GymCollector
 StartSampler = Callable[[int, np.random.Generator], tuple[np.ndarray, np.ndarray, TaskState]]
 
 
@@ -284,7 +287,7 @@ def draw_inputs(
     return q0, v0, task, eps
 
 
-def simulate(collector: BatchedCollector, job: LFJob, model: LFModel) -> LFRows:
+def simulate(collector: LFCollector, job: LFJob, model: LFModel) -> LFRows:
     """Simulate every row of `job` in one batch on `collector` and evaluate its samples
     (advantages by GAE over each row with `model.value_fn`, rewards by `model.reward_fn`)."""
     sampler = model.start_sampler or collector.sample_starts
@@ -328,7 +331,7 @@ class LFRunner(Protocol):
 class LocalLF:
     """The chunks one after another on one collector (`lf.backend: local`)."""
 
-    def __init__(self, collector: BatchedCollector) -> None:
+    def __init__(self, collector: LFCollector) -> None:
         self.collector = collector
 
     def run(self, job: LFJob, chunks: list[tuple[int, int]], model: LFModel) -> list[LFRows]:
@@ -350,7 +353,8 @@ def _require_states(buffer: RolloutBuffer) -> list:
     if buffer.states is None:
         raise ValueError(
             "multi-fidelity pairing needs the HF env's measured states; the HF env has no "
-            "get_state() (use an mfpg env or the robot env as hf.env)"
+            "get_state() (use an mfpg env, the robot env or a Gymnasium MuJoCo env with hinge and "
+            "slide joints as hf.env)"
         )
     return buffer.states
 
@@ -361,7 +365,7 @@ def _model(policy: GaussianPolicy, value_fn: ValueFn, reward_fn: RewardFn,
                    value_fn, reward_fn, start_sampler)
 
 
-def _check_batch(collector: BatchedCollector, batch: int | None, runner: LFRunner | None,
+def _check_batch(collector: LFCollector, batch: int | None, runner: LFRunner | None,
                  ) -> tuple[int, LFRunner]:
     """(batch, runner) with their defaults: the collector's n_envs, `LocalLF` on it."""
     batch = collector.n_envs if batch is None else int(batch)
@@ -380,7 +384,7 @@ class SyncedPairing:
     """
 
     def __init__(
-        self, collector: BatchedCollector, k: int, M: int, gamma: float, gae_lambda: float,
+        self, collector: LFCollector, k: int, M: int, gamma: float, gae_lambda: float,
         batch: int | None = None, runner: LFRunner | None = None,
     ) -> None:
         if k < 1 or M < 1:
@@ -473,7 +477,7 @@ class EpisodePairing:
     """
 
     def __init__(
-        self, collector: BatchedCollector, pool_per_hf: int, max_episode_steps: int,
+        self, collector: LFCollector, pool_per_hf: int, max_episode_steps: int,
         gamma: float, gae_lambda: float, pool_starts: StartSampler | None = None,
         whole_episodes: bool = False, same_starts: bool = False, batch: int | None = None,
         runner: LFRunner | None = None,

@@ -4,7 +4,8 @@ Per iteration, `MultiFidelity.pair_lf` turns the HF batch into an `MFBatch` (the
 paired with the rollout, their advantages, `c` and the gradient diagnostics) before the first
 step, and `MultiFidelity.finish` fits the LF critic after the last one.
 
-`LFSide` owns everything LF: the batched collector on the LF model (`lf.env`, `lf.fidelity`),
+`LFSide` owns everything LF: the batched collector on the LF model (`lf.env`, `lf.fidelity`;
+`sim.gym_collector.GymCollector` when `lf.env` is a plain Gymnasium MuJoCo env),
 the pairing (`lf.pairing`) and where its chunks run (`lf.backend`: in this process, or on
 `lf.workers` Ray actors, `mfpg_robot.lf_ray`), an LF critic with its own optimiser, the
 control-variate coefficient tracker (`mf.c_ema`, `mf.min_pairs`) and the LF draws' key. LF
@@ -41,14 +42,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 from torch import Tensor
 
 from mfpg_robot.algos.ppo import Batch
 from mfpg_robot.buffer import RolloutBuffer
-from mfpg_robot.config import TrainConfig
+from mfpg_robot.config import TrainConfig, env_takes_fidelity
 from mfpg_robot.estimators import (
     CoefEMA,
     MFStats,
@@ -61,6 +61,7 @@ from mfpg_robot.estimators import (
 from mfpg_robot.pairing import (
     CriticValues,
     EpisodePairing,
+    LFCollector,
     LFPart,
     LFRunner,
     LFSamples,
@@ -72,6 +73,7 @@ from mfpg_robot.pairing import (
 from mfpg_robot.policy import Critic, GaussianPolicy
 from mfpg_robot.reward_norm import RewardScaler
 from sim.batched import BatchedCollector
+from sim.gym_collector import GymCollector, env_spec
 
 #: LF critic training samples per HF sample (random subset of the LF samples).
 LF_CRITIC_SAMPLES_PER_HF = 8
@@ -84,7 +86,7 @@ LF_SEED_OFFSET = 7919
 
 def hf_time_limit(env_id: str) -> int:
     """The HF env's episode step limit (episode pairing's LF horizon cap)."""
-    spec = gym.spec(env_id)
+    spec = env_spec(env_id)
     if spec.max_episode_steps is None:
         raise ValueError(f"hf.env '{env_id}' has no max_episode_steps; episode pairing needs one")
     return int(spec.max_episode_steps)
@@ -95,6 +97,14 @@ def normalise(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     if ref.size < 2:
         return x - (ref.mean() if ref.size else 0.0)
     return (x - ref.mean()) / (ref.std(ddof=1) + 1e-8)
+
+
+def make_collector(env_id: str, fidelity: str, n_envs: int, nthread: int) -> LFCollector:
+    """The LF collector of `env_id`: a `GymCollector` for a plain Gymnasium env (no fidelity
+    argument; `fidelity` and `nthread` do not apply), else a `BatchedCollector`."""
+    if env_takes_fidelity(env_id) is False:
+        return GymCollector(env_id, n_envs=n_envs)
+    return BatchedCollector(env_id, fidelity=fidelity, n_envs=n_envs, nthread=nthread)
 
 
 class LFSide:
@@ -122,8 +132,7 @@ class LFSide:
                 self.collector.close()
                 raise
         else:
-            self.collector = BatchedCollector(env_id, fidelity=lf.fidelity, n_envs=batch,
-                                              nthread=lf.nthread)
+            self.collector = make_collector(env_id, lf.fidelity, batch, lf.nthread)
             self.runner = LocalLF(self.collector)
         if self.collector.obs_dim != policy.obs_dim or self.collector.act_dim != policy.act_dim:
             self.close()
