@@ -14,7 +14,7 @@ with the LF-pretrained policy.
 Tasks are the entries of TASKS (the full suite: SUITE), or any `<robot>-<HF model>-<LF
 model>` of a robot task (ROBOT_TASKS; the model names of its robot config). The off-dynamics
 tasks (HF: a stock Gymnasium env with one physical change, `benchmarks.offdynamics`; LF: the
-stock env) run the methods that need no LF reset-to-state (HF_ONLY). Methods, their HF
+stock env, reset to HF states by `sim.gym_collector`) run every method. Methods, their HF
 budget and their hyper-parameters are the METHODS table below; LF_PRETRAIN is the LF-only
 training that `ppo_lf_only`, `ppo_lf_finetune` and `mfppo_lf_finetune` share (cached per
 task and seed).
@@ -135,9 +135,6 @@ ROBOT_TASKS: dict[str, Task] = {
                  pretrain_overrides=ARM2_STARTS),
 }
 
-#: Methods that need no LF model with reset-to-state (the off-dynamics tasks' LF envs have none).
-HF_ONLY = ("ppo_hf", "ppo_hf_10x", "reinforce_hf", "ppo_lf_only", "ppo_lf_finetune")
-
 #: Off-dynamics bases: stock Gymnasium env (the LF model) -> (task name prefix, B).
 #: B is not measured yet: choose it from a ppo_hf learning curve before reporting.
 OFF_DYNAMICS = {"InvertedPendulum-v5": ("pendulum", 20_480), "Hopper-v5": ("hopper", 102_400)}
@@ -148,7 +145,7 @@ TASKS: dict[str, Task] = {
                                                    lf_fidelity="reduced_gap"),
     "arm2-twin-reduced": ROBOT_TASKS["arm2"],
     **{f"{prefix}-{variant}": Task(offdynamics.env_id(base, variant), None, base, None,
-                                   budget=b, seeds=3, methods=HF_ONLY)
+                                   budget=b, seeds=3)
        for base, (prefix, b) in OFF_DYNAMICS.items() for variant in offdynamics.VARIANTS},
 }
 
