@@ -21,6 +21,7 @@ COMMANDS = (
     "export",
     "deploy",
     "bench",
+    "calibrate",
 )
 
 
