@@ -87,9 +87,12 @@ class ReplayData:
         return sum(len(e.q) for e in self.episodes)
 
 
-def load_replay_data(run_dir: str | Path, robot: RobotConfig) -> ReplayData:
+def load_replay_data(run_dir: str | Path, robot: RobotConfig, *,
+                     device: bool = False) -> ReplayData:
     """The episodes of `<run_dir>/hf_episodes/` (pieces of an episode joined in order), their
-    actions mapped to commands as `RobotSimEnv.step` maps them."""
+    actions mapped to the commands that reached the robot: as `RobotSimEnv.step` maps them
+    for a simulated HF env, through the host safety layer for a device (`device`, a session
+    with `hf.fidelity: robot`: `safety_commands`)."""
     folder = Path(run_dir) / "hf_episodes"
     if not Path(run_dir).is_dir():
         raise CalibrationError(f"{run_dir}: not a folder; pass a run folder (the one with "
@@ -106,16 +109,42 @@ def load_replay_data(run_dir: str | Path, robot: RobotConfig) -> ReplayData:
         if any(s.states is None for s in segs):
             raise CalibrationError(f"{folder}: episode {segs[0].episode} has no measured "
                                    "states; only mfpg robot tasks record them")
-        states = [st for s in segs for st in s.states]
-        q = np.array([st.arrays(robot.joint_names)[0] for st in states])
-        v = np.array([st.arrays(robot.joint_names)[1] for st in states])
+        pairs = [st.arrays(robot.joint_names) for s in segs for st in s.states]
+        q, v = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
         actions = np.concatenate([s.rows["actions"] for s in segs]).astype(np.float64)
-        command = action_to_command(robot, np.clip(actions, -1.0, 1.0))
+        if device:
+            command = safety_commands(robot, q, v, actions)
+        else:
+            command = action_to_command(robot, np.clip(actions, -1.0, 1.0))
         episodes.append(Episode(q, v, command))
     if not episodes:
         raise CalibrationError(f"{folder}: no HF episode files (ep_*.npz); run a session "
                                "(or a dry run) first, then calibrate from its folder")
     return ReplayData(episodes, len(paths))
+
+
+def safety_commands(robot: RobotConfig, q: np.ndarray, v: np.ndarray,
+                    actions: np.ndarray) -> np.ndarray:
+    """The commands a device got for one episode's recorded actions: the host safety layer's
+    filter (clip, rate limit, soft limits, velocity margin) replayed on the measured states,
+    from the idle command at the episode's start; zero effort (servos: the held target) from
+    a rejected action on, as `RobotEnv` stops there."""
+    from hardware.driver import DeviceState
+    from hardware.safety import SafetyLayer
+
+    layer = SafetyLayer(robot)
+    out = np.empty((len(actions), len(robot.actuated_joints)))
+    for t, a in enumerate(actions):
+        state = DeviceState(0.0, 0.0, q[t], v[t], None, None, True, False, ())
+        if t == 0:
+            layer.start(state)
+        result = layer.filter_action(a, state) if layer.latched is None else None
+        if result is None or result.command is None:
+            out[t:] = layer.previous_command if layer.position_servo else 0.0
+            break
+        out[t] = result.command
+        layer.commit(result.command)
+    return out
 
 
 # ---- parameters ----------------------------------------------------------------------------

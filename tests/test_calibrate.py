@@ -26,6 +26,7 @@ from mfpg_robot.calibrate import (
     calibrate,
     default_params,
     load_replay_data,
+    safety_commands,
     write_model,
 )
 from mfpg_robot.cli import main
@@ -128,6 +129,18 @@ def test_arm2_servo_defaults_and_fit(tmp_path: Path) -> None:
     res = calibrate(load_replay_data(tmp_path, arm2), arm2, "reduced_gap", k=5,
                     max_starts=150, max_evals=60)
     assert res.error_after < res.error_before / 2
+
+
+def test_device_commands_are_replayed_through_the_safety_layer() -> None:
+    """A session on a device records the policy's actions; the robot got them rate-limited
+    (furuta: 2 V per step from 0 V at the start) and cut by the braking rule near a limit."""
+    n = 6
+    q, v = np.zeros((n, 2)), np.zeros((n, 2))
+    cmd = safety_commands(FURUTA, q, v, np.array([[0.0], [1.0], [1.0], [1.0], [-2.0], [1.0]]))
+    assert cmd[:, 0].tolist() == [0.0, 2.0, 4.0, 6.0, 4.0, 6.0]
+    q[:, 0], v[:, 0] = 1.9, 3.0  # near the soft limit (2.0), moving towards it: brake
+    cmd = safety_commands(FURUTA, q, v, np.ones((n, 1)))
+    assert np.all(cmd <= 0.0)
 
 
 # ---- the command ----------------------------------------------------------------------------

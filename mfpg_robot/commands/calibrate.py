@@ -4,7 +4,9 @@ Fits a few physical parameters of one of the robot's models (e.g. the LF model) 
 episodes a session recorded in RUN_DIR/hf_episodes/, writes the calibrated MJCF, prints the
 prediction error and parameters before and after, and how to use the model
 (`mfpg_robot.calibrate`, docs/calibration.md). The robot is RUN_DIR's (its config.yaml:
-`hf.robot`, else the robot of `hf.env`'s task), unless `--robot` names one.
+`hf.robot`, else the robot of `hf.env`'s task), unless `--robot` names one; a session on the
+robot or its emulator (`hf.fidelity: robot`) has its actions replayed through the host safety
+layer, as they reached the device.
 
 Exit status: 0 done, 2 bad input (folder, episodes, model, parameter, output path).
 """
@@ -15,6 +17,10 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sim.robot_config import RobotConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,8 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _run_robot(run_dir: Path, robot_arg: str | None):  # -> RobotConfig
-    """The robot of the run (module docstring)."""
+def _run_robot(run_dir: Path, robot_arg: str | None) -> tuple[RobotConfig, bool]:
+    """The robot of the run (module docstring), and whether its HF env was a device
+    (`hf.fidelity: robot`: its commands went through the host safety layer)."""
     import yaml
 
     import sim  # noqa: F401  (registers the mfpg envs)
@@ -56,26 +63,25 @@ def _run_robot(run_dir: Path, robot_arg: str | None):  # -> RobotConfig
     from mfpg_robot.config import env_robot
     from sim.robot_config import load_robot_config
 
-    if robot_arg is not None:
-        return load_robot_config(robot_arg)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
-        raise CalibrationError(f"{run_dir}: no config.yaml in it, so its robot is unknown; pass "
-                               "a run folder of `mfpg-robot train`, or name the robot with "
-                               "--robot NAME")
+        if robot_arg is None:
+            raise CalibrationError(f"{run_dir}: no config.yaml in it, so its robot is unknown; "
+                                   "pass a run folder of `mfpg-robot train`, or name the robot "
+                                   "with --robot NAME")
+        return load_robot_config(robot_arg), False
     try:
-        cfg = yaml.safe_load(cfg_path.read_text())
-        hf = cfg["hf"]
-    except (yaml.YAMLError, TypeError, KeyError) as err:
-        raise CalibrationError(f"{cfg_path}: not a run's config ({err}); name the robot with "
-                               "--robot NAME") from None
-    if hf.get("robot"):
-        return load_robot_config(hf["robot"])
+        hf = yaml.safe_load(cfg_path.read_text())["hf"]
+        device = hf.get("fidelity") == "robot"
+    except (yaml.YAMLError, TypeError, KeyError, AttributeError) as err:
+        raise CalibrationError(f"{cfg_path}: not a run's config ({err})") from None
+    if robot_arg is not None or hf.get("robot"):
+        return load_robot_config(robot_arg or hf["robot"]), device
     robot = env_robot(str(hf.get("env")))
     if robot is None:
         raise CalibrationError(f"{cfg_path}: hf.env '{hf.get('env')}' is not a robot task "
                                "(mfpg/*); only robot tasks record measured joint states")
-    return robot
+    return robot, device
 
 
 def _model_name(args: argparse.Namespace, out: Path) -> str:
@@ -112,14 +118,14 @@ def run(args: argparse.Namespace) -> int:
                                        f"{getattr(args, key)}")
         if args.latency is not None and args.latency < 0:
             raise CalibrationError(f"--latency must be >= 0, got {args.latency}")
-        robot = _run_robot(run_dir, args.robot)
+        robot, device = _run_robot(run_dir, args.robot)
         taken = {name: robot.model_path(name).resolve() for name in robot.model_names}
         clash = [name for name, path in taken.items() if path == out]
         if clash:
             raise CalibrationError(f"--out {args.out} is the robot's model '{clash[0]}'; write "
                                    "the calibrated model to a new file")
         name = _model_name(args, out)
-        data = load_replay_data(run_dir, robot)
+        data = load_replay_data(run_dir, robot, device=device)
         print(f"calibrating model '{args.model}' of robot '{robot.name}' on {data.files} "
               f"episode files ({data.steps} HF steps) of {run_dir}", flush=True)
         result = calibrate(data, robot, args.model, args.params, k=args.steps,
