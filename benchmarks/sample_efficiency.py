@@ -116,7 +116,27 @@ METHODS: dict[str, Method] = {
     "ppo_lf_finetune": Method("ppo", 1, GENTLE, warm_start=True),
     "mfppo_lf_finetune": Method("mfppo", 1, {"lf.pairing": "episode", **GENTLE},
                                 warm_start=True),
+    # B HF steps collected with the LF-pretrained policy ground the LF model (CALIBRATED)
+    "ppo_lf_calibrated": Method("ppo", 1, warm_start=True),
 }
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """LF-pretrained policy -> B HF steps collected with it (exploration log-std `log_std`)
+    -> the task's LF model calibrated on them (`mfpg_robot.calibrate`, parameters `params`,
+    None: its defaults; `max_evals` model evaluations per optimiser round) -> PPO on the
+    calibrated model continued from the pretrained policy for `lf_factor` x B LF steps
+    (LF_PRETRAIN's settings) -> evaluation on HF."""
+
+    lf_factor: int
+    log_std: float
+    params: tuple[str, ...] | None = None
+    max_evals: int = 300
+
+
+#: The methods that calibrate the LF model (robot tasks only; their Method is the LF training).
+CALIBRATED: dict[str, Calibrated] = {"ppo_lf_calibrated": Calibrated(5, GENTLE["init.log_std"])}
 
 #: Overrides of one method on one task (applied after the method's): (task, method) -> values.
 TASK_METHOD: dict[tuple[str, str], dict[str, Any]] = {}
@@ -291,6 +311,8 @@ def run_spec(task_name: str, method_name: str, seed: int, settings: Settings) ->
         "lf_pretrain": dataclasses.asdict(LF_PRETRAIN) if method.warm_start else None,
         "budget": settings.budget_of(task), "eval_episodes": episodes, "eval_horizon": horizon,
         "overrides": run_overrides(task_name, method_name, settings),
+        **({"calibration": dataclasses.asdict(CALIBRATED[method_name])}
+           if method_name in CALIBRATED else {}),
     }
 
 
@@ -385,6 +407,79 @@ def _curve(run_dir: Path, task: Task, cfg: dict[str, Any], b: int, episodes: int
     return sorted(points, key=lambda p: p[0])
 
 
+@contextmanager
+def robot_models(robot: str, models: dict[str, Path], folder: Path) -> Iterator[None]:
+    """Robot configs looked up in `folder` (a copy of configs/robots/ whose `robot` names
+    `models` too) while inside: how a run trains on a model it made, leaving the shipped
+    configs alone."""
+    import yaml
+
+    import sim.robot_config as robot_config
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in robot_config.ROBOTS_DIR.glob("*.yaml"):
+        shutil.copy(path, folder / path.name)
+    data = yaml.safe_load((folder / f"{robot}.yaml").read_text())
+    data["models"].update({name: str(path) for name, path in models.items()})
+    (folder / f"{robot}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    before = robot_config.ROBOTS_DIR
+    robot_config.ROBOTS_DIR = folder
+    try:
+        yield
+    finally:
+        robot_config.ROBOTS_DIR = before
+
+
+def run_calibrated(checkpoint: Path, task_name: str, method_name: str, seed: int,
+                   settings: Settings, run_dir: Path) -> dict[str, Any]:
+    """A CALIBRATED method's run in `run_dir` from the LF-pretrained `checkpoint`: HF
+    collection, calibration, LF training, evaluation (see `Calibrated`)."""
+    import gymnasium as gym
+    import numpy as np
+
+    import sim  # noqa: F401  (registers the mfpg/* envs)
+    from mfpg_robot.buffer import HFCollector
+    from mfpg_robot.calibrate import calibrate, load_replay_data, write_model
+    from mfpg_robot.config import env_robot
+    from mfpg_robot.episodes import EpisodeStore
+    from mfpg_robot.run_dir import load_checkpoint, policy_from_checkpoint
+
+    task, how = resolve_task(task_name), CALIBRATED[method_name]
+    robot = env_robot(task.hf_env)
+    if robot is None or task.hf_fidelity is None:
+        raise BenchError(f"{method_name} calibrates a robot's LF model; task '{task_name}' "
+                         "has none")
+    b = settings.budget_of(task)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    t0 = time.perf_counter()
+    policy = policy_from_checkpoint(load_checkpoint(checkpoint))
+    policy.log_std.data.fill_(how.log_std)
+    env = gym.make(task.hf_env, fidelity=task.hf_fidelity)
+    store = EpisodeStore(run_dir / "hf" / "hf_episodes")
+    try:
+        HFCollector(env, policy, np.random.default_rng(seed), seed, sink=store.write).collect(b)
+    finally:
+        env.close()
+    collect_s = time.perf_counter() - t0
+    data = load_replay_data(run_dir / "hf", robot)
+    fit = calibrate(data, robot, task.lf_fidelity, how.params, max_evals=how.max_evals,
+                    seed=seed)
+    name = f"{task.lf_fidelity}_calibrated"
+    xml = write_model(fit, run_dir / f"{name}.xml")
+    with robot_models(robot.name, {name: xml}, run_dir / "robots"):
+        cfg = train_config(task_name, "pretrain", seed, settings, run_dir / "lf", init=checkpoint)
+        cfg["hf"].update(fidelity=name, total_steps=how.lf_factor * b)
+        result, wall = _train(cfg, run_dir / "lf")
+    returns = evaluate(result.policy, task, *settings.eval_of(task))
+    return {"hf_samples": b, "lf_train_samples": int(result.history[-1]["hf_steps"]),
+            "train_wall_s": collect_s + fit.wall_s + wall, "collect_s": collect_s,
+            "lf_train_s": wall, "final": (sum(returns) / len(returns), returns),
+            "calibration": {"error_before": fit.error_before, "error_after": fit.error_after,
+                            "before": fit.before, "after": fit.after, "latency": fit.latency,
+                            "wall_s": fit.wall_s}}
+
+
 def lf_samples(history: list[dict[str, Any]]) -> int:
     """LF control steps a run simulated (the multi-fidelity algorithms log them)."""
     return int(sum(row.get("lf/steps") or 0 for row in history))
@@ -440,7 +535,13 @@ def run_one(out: Path, task_name: str, method_name: str, seed: int,
         record.update(lf_samples=base["lf_samples"], wall_s=base["wall_s"],
                       pretrain_wall_s=base["wall_s"],
                       curve=[(0, base["hf_return"], base["hf_returns"])])
-    if method.algo is not None:
+    if method_name in CALIBRATED:
+        record.update(run_calibrated(out / base["checkpoint"], task_name, method_name, seed,
+                                     settings, run_dir))
+        record["curve"].append((record["hf_samples"], *record.pop("final")))
+        record["lf_samples"] += record["lf_train_samples"]
+        record["wall_s"] += record["train_wall_s"]
+    elif method.algo is not None:
         init = out / base["checkpoint"] if base is not None else None
         cfg = train_config(task_name, method_name, seed, settings, run_dir, init=init)
         result, wall = _train(cfg, run_dir)
@@ -476,7 +577,9 @@ class Job:
 def runnable(task: str, methods: list[str]) -> list[str]:
     """The methods of `methods` that `task` can run."""
     allowed = resolve_task(task).methods
-    return [m for m in methods if allowed is None or m in allowed]
+    robot = resolve_task(task).hf_fidelity is not None  # CALIBRATED methods need a robot's model
+    return [m for m in methods if (allowed is None or m in allowed)
+            and (robot or m not in CALIBRATED)]
 
 
 def plan(tasks: list[str], methods: list[str], seeds: dict[str, list[int]]) -> list[Job]:

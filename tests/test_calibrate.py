@@ -9,6 +9,7 @@ configs/robots/furuta.yaml is left alone) and trains on it as HF and as LF model
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -18,6 +19,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 import pytest
+import yaml
 
 import sim  # noqa: F401  (registers the mfpg envs)
 import sim.robot_config as robot_config
@@ -221,3 +223,35 @@ def test_calibrated_model_trains_as_hf_and_lf_model_by_its_yaml_line(
                [*common, "hf.fidelity=twin", "lf.fidelity=cal", "lf.pairing=episode",
                 "lf.lf_pool_per_hf=2", f"run.dir={tmp_path / 'mf'}"])
     assert sum(row.get("lf/steps") or 0 for row in mf.history) > 0
+
+
+# ---- the benchmark method ---------------------------------------------------------------------
+def test_bench_ppo_lf_calibrated_counts_b_hf_steps_and_leaves_the_configs_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LF-pretrained policy -> B HF steps -> calibration -> LF training -> evaluation, in
+    process at B = 512 with a short fit (CALIBRATED's entry replaced for speed)."""
+    from benchmarks import sample_efficiency as se
+
+    monkeypatch.setitem(se.CALIBRATED, "ppo_lf_calibrated",
+                        se.Calibrated(2, -1.5, ("length.pendulum", "mass.pendulum"), 25))
+    settings = se.Settings(512, 1, 50, ("hf.steps_per_iter=256", "algo.num_minibatches=4",
+                                        "algo.update_epochs=1"))
+    task = "furuta-twin-reduced_gap"
+    rec = se.run_one(tmp_path, task, "ppo_lf_calibrated", 0, settings)
+    pre = json.loads((tmp_path / "pretrain" / task / "s0.json").read_text())
+    assert rec["hf_samples"] == 512
+    assert rec["lf_train_samples"] == 2 * 512
+    assert rec["lf_samples"] == pre["lf_samples"] + 2 * 512
+    assert [p[0] for p in rec["curve"]] == [0, 512]
+    assert rec["curve"][0][1] == pre["hf_return"]
+    assert rec["spec"]["calibration"]["lf_factor"] == 2
+    fit = rec["calibration"]
+    assert fit["error_after"] < fit["error_before"] and fit["latency"] == 1
+    assert fit["after"]["length.pendulum"] > 0.0903  # towards the twin's 0.129
+    run = tmp_path / "runs" / task / "ppo_lf_calibrated" / "s0"
+    cfg = yaml.safe_load((run / "lf" / "config.yaml").read_text())
+    assert cfg["hf"]["fidelity"] == "reduced_gap_calibrated"
+    assert cfg["init"]["checkpoint"] == str(tmp_path / pre["checkpoint"])
+    assert robot_config.ROBOTS_DIR == robot_config.REPO_ROOT / "configs" / "robots"
+    assert "reduced_gap_calibrated" not in load_robot_config("furuta").models
+    assert "ppo_lf_calibrated" not in se.runnable("pendulum-gravity_x2", ["ppo_lf_calibrated"])
