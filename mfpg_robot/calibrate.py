@@ -220,7 +220,8 @@ def _actuator(spec: mujoco.MjsActuator, joint: str) -> mujoco.MjsActuator | None
     return next((a for a in spec.actuators if a.target == joint), None)
 
 
-def _body_mass(spec: mujoco.MjSpec, body: mujoco.MjsBody) -> float:
+def _body_mass(body: mujoco.MjsBody) -> float:
+    """Mass of a body: its inertial element, else the sum of its geoms' masses."""
     if body.explicitinertial:
         return float(body.mass)
     return float(sum(g.mass for g in body.geoms))
@@ -240,7 +241,7 @@ def available_params(model_path: Path, robot: RobotConfig) -> dict[str, Param]:
         if length > 0:
             out[f"length.{name}"] = Param(f"length.{name}", length,
                                           *(f * length for f in LOG_BOUNDS["length"]), True)
-        mass = _body_mass(spec, body)
+        mass = _body_mass(body)
         if mass > 0:
             out[f"mass.{name}"] = Param(f"mass.{name}", mass,
                                         *(f * mass for f in LOG_BOUNDS["mass"]), True)
@@ -399,7 +400,6 @@ class Replayer:
     def __init__(self, robot: RobotConfig, replays: Replays) -> None:
         self.robot = robot
         self.replays = replays
-        self._data: mujoco.MjData | None = None
 
     def predict(self, model: mujoco.MjModel) -> np.ndarray:
         """(N, k, 2 * n_joints) joint states after each control step."""
@@ -412,8 +412,6 @@ class Replayer:
         spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
         size = mujoco.mj_stateSize(model, spec)
         mujoco.mj_resetData(model, data)
-        if self.robot.actuation.type == "position":
-            data.ctrl[:] = 0.0
         mujoco.mj_forward(model, data)
         template = np.empty(size)
         mujoco.mj_getState(model, data, template, spec)
