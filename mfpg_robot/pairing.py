@@ -301,7 +301,11 @@ def simulate(collector: LFCollector, job: LFJob, model: LFModel) -> LFRows:
     out = collector.run(q0, v0, task, h, act)
     valid = out.alive[:, :h] & (np.arange(h)[None, :] < job.horizon[:, None])
     n = len(job)
-    values = model.value_fn(out.obs[:, : h + 1].reshape(n * (h + 1), -1)).reshape(n, h + 1)
+    need = np.zeros((n, h + 1), dtype=bool)  # observations of valid steps and their successors
+    need[:, :h] = valid
+    need[:, 1:] |= valid
+    values = np.zeros((n, h + 1))  # the critic only where GAE reads it
+    values[need] = model.value_fn(out.obs[:, : h + 1][need])
     rewards = np.where(valid, model.reward_fn(out.rewards[:, :h]), 0.0)
     adv = rollout_gae(rewards, values, out.terminated[:, :h] & valid, valid, job.gamma,
                       job.gae_lambda)
