@@ -203,6 +203,13 @@ class MFConfig(StrictModel):
     min_pairs: int = Field(
         default=20, ge=2, description="fewer HF/LF pairs than this: c = 0 (plain HF gradient)"
     )
+    c_from: Literal["surrogate", "gradient"] = Field(
+        default="surrogate",
+        description="the moments c is estimated from: 'surrogate', the per-sample values of "
+        "A log pi (the MFPG paper's rule); 'gradient', per-sample policy-gradient projections "
+        "on random directions, reference pool included (the moments of what the update "
+        "averages)",
+    )
 
 
 class RunConfig(StrictModel):

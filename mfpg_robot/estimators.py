@@ -221,30 +221,35 @@ def block_sums(x: ArrayLike, rows: np.ndarray, block: int) -> np.ndarray:
     return out.reshape(*v.shape[:-1], out.shape[-1])
 
 
-def projected_variance_ratio(
-    x_h: np.ndarray, x_l: np.ndarray, c: float, pool: np.ndarray | None = None
-) -> tuple[float, float]:
-    """Measured per-sample variance ratio of the MF gradient to HF-only, and the `c` that
-    minimises it.
+def projected_moments(
+    x_h: np.ndarray, x_l: np.ndarray, pool: np.ndarray | None = None
+) -> PairMoments:
+    """Pair moments of per-sample gradients, from their projections on random directions.
 
     `x_h`, `x_l`: aligned per-sample gradient projections (n_dirs, n) on random Gaussian
     directions (see `align_pairs`); `pool`: (n_dirs, m) projections of an independent
-    reference pool, whose mean adds `c^2 Var(pool) / m` to the estimate's variance. Since
-    `E[(g.v)(h.v)] = g.h`, summing over directions estimates traces: the ratio is
-    `tr Var(MF) / tr Var(HF)` with samples treated as independent.
+    reference pool, whose mean adds `c^2 Var(pool) / m` to the estimate's variance (folded
+    into `var_l` as `Var(pool) n / m`). Since `E[(g.v)(h.v)] = g.h`, summing over directions
+    estimates traces: `cov` is `tr Cov(g_H, g_L)`, the variances `tr Var`, samples treated
+    as independent. `c_opt` is then the `c` that minimises the MF gradient's variance.
     """
     n = x_h.shape[-1]
     if n < 2:
-        return float("nan"), float("nan")
-    var_h = np.var(x_h, axis=-1, ddof=1).sum()
-    var_l = np.var(x_l, axis=-1, ddof=1).sum()
+        return PairMoments(n=n, cov=0.0, var_h=0.0, var_l=0.0)
+    var_h = float(np.var(x_h, axis=-1, ddof=1).sum())
+    var_l = float(np.var(x_l, axis=-1, ddof=1).sum())
     cov = sum(float(np.cov(a, b, ddof=1)[0, 1]) for a, b in zip(x_h, x_l, strict=True))
     if pool is not None and pool.shape[-1] > 1:
-        var_l += np.var(pool, axis=-1, ddof=1).sum() * n / pool.shape[-1]
-    if var_h <= 0:
-        return float("nan"), float("nan")
-    ratio = (var_h - 2 * c * cov + c**2 * var_l) / var_h
-    return float(ratio), float(cov / var_l) if var_l > 0 else 0.0
+        var_l += float(np.var(pool, axis=-1, ddof=1).sum()) * n / pool.shape[-1]
+    return PairMoments(n=n, cov=cov, var_h=var_h, var_l=var_l)
+
+
+def projected_variance_ratio(m: PairMoments, c: float) -> float:
+    """Per-sample variance of the MF gradient over HF-only's, `tr Var(MF) / tr Var(HF)`, for
+    the gradient moments `m` (`projected_moments`) and coefficient `c`; nan without them."""
+    if m.n < 2 or m.var_h <= 0:
+        return float("nan")
+    return (m.var_h - 2 * c * m.cov + c**2 * m.var_l) / m.var_h
 
 
 @dataclass(frozen=True)

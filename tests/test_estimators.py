@@ -11,6 +11,7 @@ from mfpg_robot.estimators import (
     align_pairs,
     mf_objective,
     pair_moments,
+    projected_moments,
     projected_sample_grads,
     projected_variance_ratio,
     random_directions,
@@ -180,15 +181,22 @@ def test_align_pairs_and_projected_variance_ratio() -> None:
     # grouped reference: m independent draws per pair with the paired marginal
     p_ref = rng.standard_normal((1, n * m))
     x_h, x_l = align_pairs(p_h, p_l, partner, p_ref, np.repeat(np.arange(n), m))
-    ratio, c = projected_variance_ratio(x_h, x_l, c=rho)
+    moments = projected_moments(x_h, x_l)
     # Var(h - c (l - mean_m r)) = 1 - 2 c rho + c^2 (1 + 1/m), minimised at rho m / (m + 1)
-    assert ratio == pytest.approx(1 - rho**2 + rho**2 / m, rel=0.05)
-    assert c == pytest.approx(rho * m / (m + 1), rel=0.05)
+    assert projected_variance_ratio(moments, c=rho) == pytest.approx(1 - rho**2 + rho**2 / m,
+                                                                     rel=0.05)
+    assert moments.c_opt == pytest.approx(rho * m / (m + 1), rel=0.05)
     pool = rng.standard_normal((1, 100 * n))
     x_h, x_l = align_pairs(p_h, p_l, partner, pool, np.full(100 * n, -1))
-    pooled_ratio, pooled_c = projected_variance_ratio(x_h, x_l, c=rho, pool=pool)
-    assert pooled_ratio == pytest.approx(1 - rho**2, rel=0.05)
-    assert pooled_c == pytest.approx(rho, rel=0.05)
+    pooled = projected_moments(x_h, x_l, pool=pool)
+    assert projected_variance_ratio(pooled, c=rho) == pytest.approx(1 - rho**2, rel=0.05)
+    assert pooled.c_opt == pytest.approx(rho, rel=0.05)
+    # a small pool adds its mean's variance: c^2 Var(pool) n / m, so a smaller optimal c
+    small = rng.standard_normal((1, n))
+    x_h, x_l = align_pairs(p_h, p_l, partner, small, np.full(n, -1))
+    small_pool = projected_moments(x_h, x_l, pool=small)
+    assert small_pool.c_opt == pytest.approx(rho / 2, rel=0.05)
+    assert projected_variance_ratio(small_pool, c=rho) == pytest.approx(1, abs=0.03)
     # unpaired LF samples (partner -1) are left out of the pairs
     half = np.where(partner % 2 == 0, partner, -1)
     x_h, x_l = align_pairs(p_h, p_l, half, pool, np.full(100 * n, -1))

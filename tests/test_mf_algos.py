@@ -163,6 +163,20 @@ def test_mfreinforce_trains(tmp_path) -> None:
     assert rows[-1]["mf/c"] >= 0 and rows[-1]["lf/samples"] == 200 * 5
 
 
+@pytest.mark.parametrize("algo", ["mfppo", "mfreinforce"])
+def test_c_from_gradient_applies_the_gradient_variance_optimum(tmp_path, algo: str) -> None:
+    cfg = tiny_config(algo, "episode", tmp_path / "run")
+    cfg = cfg.model_copy(update={"mf": cfg.mf.model_copy(update={"c_from": "gradient"})})
+    rows = train(cfg).history
+    for row in rows:  # each batch's own estimate is its gradient moments' c (floored at 0)
+        assert row["mf/c_batch"] == pytest.approx(max(row["mf/c_grad"], 0.0), rel=1e-9)
+    first = rows[0]  # no history: the first batch applies its own estimate ...
+    assert first["mf/c"] == pytest.approx(first["mf/c_batch"], rel=1e-9) and first["mf/c"] > 0
+    # ... which is the measured optimum, so the measured variance ratio is 1 - rho_grad^2 < 1
+    assert first["mf/var_ratio_grad"] < 1.0
+    assert rows[1]["mf/c"] > 0
+
+
 def test_mfppo_is_deterministic_for_a_seed(tmp_path) -> None:
     runs = [train(tiny_config("mfppo", "synced", tmp_path / f"run{i}")) for i in range(2)]
     for a, b in zip(runs[0].policy.state_dict().values(), runs[1].policy.state_dict().values(),

@@ -27,12 +27,14 @@ or the estimate unbiased):
 - Advantages are normalised over the whole iteration, not per minibatch: HF with HF
   statistics, LF with one mean/std over paired and reference samples together (paired and
   reference must be transformed identically for the correction to stay zero-mean).
-- `c` is estimated once per iteration from on-policy (epoch-0) values, where the pair
-  moments describe the samples, and applied from the EMA of earlier iterations (the current
-  batch never sets its own c; see `mfpg_robot.estimators`).
-- Diagnostics `mf/var_ratio_grad` and `mf/c_grad` come from per-sample gradient projections
-  on random directions and, like `1 - rho^2`, treat samples as independent: on long episodes
-  they over-predict what the batch gradient gains (docs/mfpg.md).
+- `c` is estimated once per iteration from on-policy (epoch-0) pair moments, where they
+  describe the samples, and applied from the EMA of earlier iterations (the current batch
+  never sets its own c; see `mfpg_robot.estimators`). `mf.c_from` picks the moments: of the
+  surrogates `A log pi` (default), or of the per-sample gradients projected on random
+  directions with the reference pool's variance included (`estimators.projected_moments`).
+- Diagnostics `mf/var_ratio_grad` and `mf/c_grad` come from those gradient projections and,
+  like `1 - rho^2`, treat samples as independent: on long episodes they over-predict what the
+  batch gradient gains (docs/mfpg.md).
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ from mfpg_robot.config import TrainConfig, env_takes_fidelity
 from mfpg_robot.estimators import (
     CoefEMA,
     MFStats,
+    PairMoments,
     align_pairs,
     pair_moments,
+    projected_moments,
     projected_sample_grads,
     projected_variance_ratio,
     random_directions,
@@ -175,23 +179,21 @@ class LFSide:
                                     (self.seed, self.collections))
 
     # -- control variate --------------------------------------------------------------------
-    def coefficient(
+    def surrogate_moments(
         self, f_h: np.ndarray, f_p: np.ndarray, f_r: np.ndarray, lf: LFSamples
-    ) -> tuple[float, float, float]:
-        """(c to apply, this batch's rho, this batch's own c estimate) from epoch-0 values."""
+    ) -> PairMoments:
+        """Pair moments of the per-sample surrogates (on-policy, epoch-0 values)."""
         x_h, x_l = align_pairs(f_h, f_p, lf.partner, f_r, lf.ref.anchor)
-        m = pair_moments(x_h, x_l)
-        c_batch = self.coef.batch_coef(m)
-        return self.coef.coef_for(m), m.rho, (np.nan if c_batch is None else c_batch)
+        return pair_moments(x_h, x_l)
 
-    def gradient_stats(
+    def gradient_moments(
         self, per_sample_fn: Callable[..., torch.Tensor], hf: tuple[torch.Tensor, ...],
-        lf: LFSamples,
-        lf_adv: tuple[np.ndarray, np.ndarray], c: float,
-    ) -> tuple[float, float]:
-        """Measured per-sample variance ratio of the projected gradient and its best c."""
+        lf: LFSamples, lf_adv: tuple[np.ndarray, np.ndarray],
+    ) -> PairMoments:
+        """Pair moments of the per-sample policy gradients, projected on random directions
+        (up to STAT_MAX_SAMPLES pairs and their references; `estimators.projected_moments`)."""
         if lf.n_pairs < 2:
-            return float("nan"), float("nan")
+            return PairMoments(n=lf.n_pairs, cov=0.0, var_h=0.0, var_l=0.0)
         dirs = random_directions(self.policy, STAT_DIRECTIONS, self.stat_gen)
         pairs = np.flatnonzero(lf.partner >= 0)[:STAT_MAX_SAMPLES]
         rows = lf.partner[pairs]
@@ -212,7 +214,13 @@ class LFSide:
                                         _tensors(ref, lf_adv[1][ref_idx]), dirs)
         x_h, x_l = align_pairs(proj_h, proj_p, np.arange(rows.size), proj_r, ref_anchor)
         pool = proj_r if (ref_anchor < 0).all() else None
-        return projected_variance_ratio(x_h, x_l, c, pool)
+        return projected_moments(x_h, x_l, pool)
+
+    def coefficient(self, m: PairMoments) -> tuple[float, float]:
+        """(c to apply, this batch's own c estimate) for a batch whose moments (those
+        `mf.c_from` names) are `m`; folds the batch into the tracker."""
+        c_batch = self.coef.batch_coef(m)
+        return self.coef.coef_for(m), (np.nan if c_batch is None else c_batch)
 
     def stats(
         self, c: float, rho: float, c_batch: float, grad: tuple[float, float], lf: LFSamples,
@@ -325,18 +333,22 @@ class MultiFidelity:
 
     def pair_lf(self, buffer: RolloutBuffer, batch: Batch, adv_h: np.ndarray) -> MFBatch:
         """Collect the LF samples paired with `buffer`, their advantages (normalised together if
-        `norm_adv`), c from the on-policy surrogates A log pi of the pairs, and the gradient
+        `norm_adv`), c from the on-policy moments `mf.c_from` names, and the gradient
         diagnostics. `adv_h`: the HF advantages the steps use (`batch.advantages`), float64."""
         lf = self.lf.collect(buffer)
         adv_p, adv_r = lf_advantages(lf, self.cfg.algo.norm_adv)
-        c, rho, c_batch = self.lf.coefficient(adv_h * buffer.logprobs,
+        surrogate = self.lf.surrogate_moments(adv_h * buffer.logprobs,
                                               adv_p * lf.paired.logprobs,
                                               adv_r * lf.ref.logprobs, lf)
-        grad = self.lf.gradient_stats(surrogate_at_old,
-                                      (batch.obs, batch.actions, batch.advantages), lf,
-                                      (adv_p, adv_r), c)
+        gradient = self.lf.gradient_moments(surrogate_at_old,
+                                            (batch.obs, batch.actions, batch.advantages), lf,
+                                            (adv_p, adv_r))
+        c, c_batch = self.lf.coefficient(gradient if self.cfg.mf.c_from == "gradient"
+                                         else surrogate)
+        grad = (projected_variance_ratio(gradient, c),
+                gradient.c_opt if gradient.n >= 2 else float("nan"))
         return MFBatch(buffer, batch, lf, LFTensors(lf.paired, adv_p), LFTensors(lf.ref, adv_r),
-                       c, rho, c_batch, grad)
+                       c, surrogate.rho, c_batch, grad)
 
     def finish(self, state: MFBatch) -> dict[str, float]:
         """Regress the LF critic on LF value targets; then the HF metrics, rho, c, 1 - rho^2,
